@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Endpoint: this process's sending side of one subchannel.  All sender
+ * objects of this process for the same receiver share one endpoint, so they
+ * share its order (per-thread send order is kept), its sequence numbers and
+ * its queue.
+ *
+ * A local endpoint's receiver lives in this process: sending enqueues
+ * directly, no bus involved.  A remote endpoint queues frames and hands them
+ * to the bus as Send calls; while the bus is busy frames accumulate and go
+ * out batched.  Holds: each ipcmux_sender object is one hold on the
+ * subchannel; releasing a remote hold is a Release call that follows the
+ * frames already queued.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "ipcmux/ipcmux.h"
+#include "list.h"
+
+struct Endpoint {
+        unsigned n_ref;                 /* under the conn lock: sender objects + queue */
+        Conn *conn;
+        bool local;
+        bool closed;                    /* receiver gone: sends fail with -EPIPE */
+        ipcmux_receiver *rx;            /* local only; cleared when the receiver goes */
+
+        char *key;                      /* remote: "dest/path" (map key) */
+        const char *dest;               /* remote: unique name, inside key */
+        char *path;
+        Peer *peer;
+        List peer_link;
+
+        uint64_t next_seq;
+        List queue;                     /* OutFrame */
+        size_t n_queued;
+        uint64_t queued_bytes;
+        unsigned pending_releases;      /* Release calls waiting behind the queue */
+        List ready_link;                /* in conn->ready while there is output */
+        char *oneshot_name;             /* bus name owned to claim a one-shot server */
+};
+
+struct ipcmux_sender {
+        unsigned n_ref;                 /* atomic: clones */
+        Endpoint *ep;
+};
+
+/* The local endpoint of a new receiver. */
+int endpoint_new_local(Conn *c, ipcmux_receiver *rx, Endpoint **ret);
+/* Find or create the endpoint for (dest, path); watches dest. */
+int endpoint_get_remote(Conn *c, const char *dest, const char *path, Endpoint **ret);
+Endpoint *endpoint_find(Conn *c, const char *dest, const char *path);
+Endpoint *endpoint_ref(Endpoint *ep);
+Endpoint *endpoint_unref(Endpoint *ep);
+/* The receiver is gone: fail sends, drop what is queued. */
+void endpoint_close(Endpoint *ep);
+void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes);
+/* Send one call's worth of queued frames (conn_flush calls this). */
+int endpoint_flush_one(Endpoint *ep);
+void endpoints_fail_all(Conn *c);
+
+/* A new sender object (one hold) on @ep. Lock held. */
+int sender_new(Endpoint *ep, ipcmux_sender **ret);
+/*
+ * A sender received inside a message from @from: hold it (Claim at the owner,
+ * or a local claim) and return the object.  Never fails except -ENOMEM; a
+ * copy of a dead subchannel comes back closed.
+ */
+int sender_new_received(Conn *c, const char *from, const WireSenderRef *ref, ipcmux_sender **ret);
+/* Decline a received copy that will never be used (its carrier is dropped). */
+void sender_decline_ref(Conn *c, const char *from, const WireSenderRef *ref);

@@ -1,0 +1,236 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Peer death watching (see peer.h). */
+
+#include <stdio.h>
+
+#include "endpoint.h"
+#include "log.h"
+#include "macro.h"
+#include "peer.h"
+#include "receiver.h"
+
+static void peer_free(Peer *p) {
+        Endpoint *ep, *tmp;
+
+        list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
+                list_unlink(&ep->peer_link);
+                ep->peer = NULL;
+        }
+        hashmap_remove(&p->conn->peers, p->name);
+        sd_bus_slot_unref(p->match_slot);
+        sd_bus_slot_unref(p->check_slot);
+        free(p->name);
+        free(p);
+}
+
+typedef struct SyncCall {
+        Conn *conn;
+        char *name;
+        uint64_t gen;
+} SyncCall;
+
+static int on_sync_reply(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        SyncCall *s = userdata;
+        Conn *c = s->conn;
+        size_t i = 0;
+        void *v;
+
+        /* Everything the destination claimed before the death has reached us
+         * (its Claims precede this reply): what remains orphaned never will. */
+        while (hashmap_iterate(&c->receivers, &i, &v)) {
+                ipcmux_receiver *rx = v;
+
+                lifecycle_drop_orphans(rx->lc, s->name, s->gen);
+        }
+        conn_notify(c);
+        return 0;
+}
+
+static void sync_call_free(void *userdata) {
+        SyncCall *s = userdata;
+
+        free(s->name);
+        free(s);
+}
+
+/* Barrier towards @dest for orphans of generation <= @gen. */
+static void send_sync(Conn *c, const char *dest, uint64_t gen) {
+        sd_bus_slot *slot = NULL;
+        SyncCall *s;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return;
+        s->conn = c;
+        s->gen = gen;
+        s->name = strdup(dest);
+        if (!s->name ||
+            sd_bus_call_method_async(c->bus, &slot, dest, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Sync",
+                                     on_sync_reply, s, "") < 0) {
+                sync_call_free(s);
+                return;
+        }
+        sd_bus_slot_set_destroy_callback(slot, sync_call_free);
+        sd_bus_slot_set_floating(slot, 1);
+        sd_bus_slot_unref(slot);
+}
+
+static void peer_gone(Peer *p) {
+        Conn *c = p->conn;
+        uint64_t gen;
+        Endpoint *ep, *tmp;
+        size_t i = 0, j;
+        void *v, *w;
+
+        if (p->gone)
+                return;
+        p->gone = true;
+        gen = ++c->death_gen;
+        log_debug("ipcmux: peer %s vanished", p->name);
+
+        list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
+                endpoint_ref(ep);
+                list_unlink(&ep->peer_link);
+                ep->peer = NULL;
+                endpoint_close(ep);
+                endpoint_unref(ep);
+        }
+        while (hashmap_iterate(&c->receivers, &i, &v))
+                receiver_peer_gone(v, p->name, gen);
+
+        /* Copies the dead peer had sent may still be on their way to live
+         * destinations: ask each such destination for a barrier. */
+        j = 0;
+        while (hashmap_iterate(&c->peers, &j, &w)) {
+                Peer *q = w;
+                bool needed = false;
+
+                if (q->gone)
+                        continue;
+                i = 0;
+                while (!needed && hashmap_iterate(&c->receivers, &i, &v))
+                        needed = lifecycle_has_orphans_to(((ipcmux_receiver *) v)->lc, q->name);
+                if (needed)
+                        send_sync(c, q->name, gen);
+        }
+        conn_notify(c);
+}
+
+static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Peer *p = userdata;
+        const char *name, *old, *new;
+
+        if (sd_bus_message_read(m, "sss", &name, &old, &new) < 0)
+                return 0;
+        if (strcmp(name, p->name) == 0 && new[0] == 0)
+                peer_gone(p);
+        return 0;
+}
+
+static int on_get_name_owner(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Peer *p = userdata;
+
+        p->check_slot = sd_bus_slot_unref(p->check_slot);
+        if (sd_bus_message_is_method_error(m, NULL))
+                peer_gone(p);
+        return 0;
+}
+
+static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Peer *p = userdata;
+        int r;
+
+        if (sd_bus_message_is_method_error(m, NULL)) {
+                /* Without the match we would never hear of the death; fail
+                 * safe: treat the peer as gone rather than wait forever. */
+                log_warning("ipcmux: cannot watch %s: %s", p->name, sd_bus_message_get_error(m)->message);
+                peer_gone(p);
+                return 0;
+        }
+        /* Subscribed first, checked second: no window in which a death goes unseen. */
+        r = sd_bus_call_method_async(p->conn->bus, &p->check_slot, "org.freedesktop.DBus",
+                                     "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner",
+                                     on_get_name_owner, p, "s", p->name);
+        if (r < 0)
+                peer_gone(p);
+        return 0;
+}
+
+Peer *peer_find(Conn *c, const char *name) {
+        return hashmap_get(&c->peers, name);
+}
+
+int peer_watch(Conn *c, const char *name, Peer **ret) {
+        _cleanup_free_ char *rule = NULL;
+        Peer *p;
+        int r;
+
+        if (c->unique_name && strcmp(name, c->unique_name) == 0) {
+                *ret = NULL;
+                return 0;
+        }
+        p = peer_find(c, name);
+        if (p) {
+                *ret = p;
+                return 0;
+        }
+        if (name[0] != ':' || strlen(name) > 255)
+                return -EINVAL;
+
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->conn = c;
+        list_init(&p->endpoints);
+        list_init(&p->graveyard_link);
+        p->name = strdup(name);
+        if (!p->name) {
+                free(p);
+                return -ENOMEM;
+        }
+        r = hashmap_put(&c->peers, p->name, p);
+        if (r < 0) {
+                free(p->name);
+                free(p);
+                return r;
+        }
+        if (asprintf(&rule, "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                            "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='%s'", name) < 0) {
+                rule = NULL;
+                peer_free(p);
+                return -ENOMEM;
+        }
+        r = sd_bus_add_match_async(c->bus, &p->match_slot, rule, on_name_owner_changed, on_match_installed, p);
+        if (r < 0) {
+                peer_free(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+void peers_sweep(Conn *c) {
+        size_t i = 0;
+        void *v;
+
+        /* Gone peers are freed outside their callbacks; restart the scan
+         * after each removal since removal reorders the table. */
+        while (hashmap_iterate(&c->peers, &i, &v)) {
+                Peer *p = v;
+
+                if (p->gone) {
+                        peer_free(p);
+                        i = 0;
+                }
+        }
+}
+
+void peers_free_all(Conn *c) {
+        size_t i = 0;
+        void *v;
+
+        while (hashmap_iterate(&c->peers, &i, &v)) {
+                peer_free(v);
+                i = 0;
+        }
+}

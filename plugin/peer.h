@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Peer: another process on the bus, by unique name, watched for its death.
+ *
+ * One async NameOwnerChanged match per peer (never per subchannel), then an
+ * async GetNameOwner so a peer that is already gone when it first matters is
+ * noticed too (subscribe first, then check: no window).  When a peer goes,
+ * every endpoint to it closes (senders get -EPIPE) and every receiver drops
+ * its holds and in-flight copies (see lifecycle.h).  Gone peers are freed
+ * after the current dispatch step (peers_sweep), never inside their own
+ * match callback.
+ */
+
+#include <stdbool.h>
+#include <systemd/sd-bus.h>
+
+#include "conn.h"
+#include "list.h"
+
+struct Peer {
+        Conn *conn;
+        char *name;
+        bool gone;
+        sd_bus_slot *match_slot;
+        sd_bus_slot *check_slot;
+        List endpoints;         /* Endpoint.peer_link */
+        List graveyard_link;
+};
+
+/* Find or start watching @name. NULL for our own name. */
+int peer_watch(Conn *c, const char *name, Peer **ret);
+Peer *peer_find(Conn *c, const char *name);
+/* Free gone peers (after a dispatch step). */
+void peers_sweep(Conn *c);
+void peers_free_all(Conn *c);

@@ -1,0 +1,746 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * ipcmux_receiver (see receiver.h): the org.ipcmux.Subchannel1 object.
+ *
+ * Every call is checked against the Lifecycle with the bus-stamped sender:
+ * a process that holds no sender for this subchannel (and has none in
+ * flight to it) gets AccessDenied and changes nothing.  A malformed call is
+ * refused as a whole (error reply, its fds closed), never half-delivered.
+ */
+
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include "channel.h"
+#include "endpoint.h"
+#include "log.h"
+#include "macro.h"
+#include "message.h"
+#include "peer.h"
+#include "receiver.h"
+#include "shmem.h"
+
+/* Per peer and receiver: fds staged ahead of a Send. */
+#define MAX_STAGED_FDS 1024u
+/* Per peer: region bytes (declared sizes) queued and not yet received by the
+ * application; a sparse 64 GiB memfd must not be mapped on a peer's say-so. */
+#define MAX_PEER_REGION_BYTES (UINT64_C(8) << 30)
+
+struct RxPeer {
+        unsigned n_ref;                 /* the map + queued messages from this peer */
+        char *name;
+        uint64_t next_seq;
+        int *staged;
+        size_t n_staged, allocated_staged;
+        size_t fds_held;                /* fds in queued messages from this peer */
+        uint64_t region_bytes_held;
+};
+
+static RxPeer *rxpeer_unref(RxPeer *p) {
+        if (p && --p->n_ref == 0) {
+                for (size_t i = 0; i < p->n_staged; i++)
+                        safe_close(p->staged[i]);
+                free(p->staged);
+                free(p->name);
+                free(p);
+        }
+        return NULL;
+}
+
+static RxPeer *rxpeer_get(ipcmux_receiver *rx, const char *name) {
+        RxPeer *p = hashmap_get(&rx->rxpeers, name);
+
+        if (p)
+                return p;
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return NULL;
+        p->n_ref = 1;
+        p->name = strdup(name);
+        if (!p->name || hashmap_put(&rx->rxpeers, p->name, p) < 0) {
+                free(p->name);
+                free(p);
+                return NULL;
+        }
+        return p;
+}
+
+static void rxpeer_drop_staged(RxPeer *p) {
+        for (size_t i = 0; i < p->n_staged; i++)
+                safe_close(p->staged[i]);
+        p->n_staged = 0;
+}
+
+/* Budget of fds that queued messages may hold, process-wide (a quarter of
+ * RLIMIT_NOFILE): peers must never push us into EMFILE, which makes sd-bus
+ * drop the whole connection. */
+static size_t fd_budget(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return 4096;
+        return MAX((size_t) rl.rlim_cur / 4, (size_t) 16);
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret) {
+        Conn *c = ch->conn;
+        ipcmux_receiver *rx;
+        char hex[33];
+        int r;
+
+        rx = calloc(1, sizeof(*rx));
+        if (!rx)
+                return -ENOMEM;
+        rx->n_ref = 1;
+        list_init(&rx->queue);
+        hashmap_init(&rx->rxpeers, &hash_ops_string);
+        random_id128(rx->id);
+        id128_to_hex(rx->id, hex);
+        if (asprintf(&rx->path, "%s/%s", ch->prefix, hex) < 0) {
+                rx->path = NULL;
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = lifecycle_new(&rx->lc);
+        if (r < 0)
+                goto fail;
+        r = endpoint_new_local(c, rx, &rx->local_ep);
+        if (r < 0)
+                goto fail;
+        r = hashmap_put(&c->receivers, rx->id, rx);
+        if (r < 0)
+                goto fail;
+        rx->conn = conn_ref(c);
+        rx->channel = ipcmux_channel_ref(ch);
+        ch->n_receivers++;
+        *ret = rx;
+        return 0;
+fail:
+        if (rx->local_ep) {
+                rx->local_ep->rx = NULL;
+                endpoint_unref(rx->local_ep);
+        }
+        lifecycle_free(rx->lc);
+        hashmap_deinit(&rx->rxpeers);
+        free(rx->path);
+        free(rx);
+        return r;
+}
+
+static void tell_closed(const char *peer, void *userdata) {
+        ipcmux_receiver *rx = userdata;
+        sd_bus_message *m = NULL;
+
+        if (conn_new_call(rx->conn, peer, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Closed", &m) < 0)
+                return;
+        if (sd_bus_message_append_basic(m, 'o', rx->path) < 0) {
+                sd_bus_message_unref(m);
+                return;
+        }
+        (void) conn_send_ctrl(rx->conn, m);
+}
+
+static void message_release_accounting(ipcmux_message *m);
+
+static void receiver_free_locked(ipcmux_receiver *rx) {
+        Conn *c = rx->conn;
+        ipcmux_message *m, *tmp;
+        RxPeer *p;
+        size_t i = 0;
+        void *v;
+
+        rx->dropped = true;
+        hashmap_remove(&c->receivers, rx->id);
+        rx->channel->n_receivers--;
+
+        /* Every process that holds (or is being sent) a sender must learn now. */
+        if (c->error >= 0)
+                lifecycle_foreach_peer(rx->lc, tell_closed, rx);
+
+        if (rx->local_ep) {
+                rx->local_ep->closed = true;
+                rx->local_ep->rx = NULL;
+                rx->local_ep = endpoint_unref(rx->local_ep);
+        }
+        lifecycle_clear(rx->lc);
+
+        /* Discard what was never received: attached senders are released
+         * (their holders see Release), regions and fds closed. */
+        list_for_each_entry_safe(m, tmp, &rx->queue, qlink) {
+                list_unlink(&m->qlink);
+                message_release_accounting(m);
+                ipcmux_message_unref(m);
+        }
+        rx->n_queued = 0;
+
+        while (hashmap_iterate(&rx->rxpeers, &i, &v)) {
+                p = v;
+                rxpeer_drop_staged(p);
+                rxpeer_unref(p);
+        }
+        hashmap_deinit(&rx->rxpeers);
+        lifecycle_free(rx->lc);
+        conn_notify(c);
+        ipcmux_channel_unref(rx->channel);
+        free(rx->path);
+        free(rx);
+}
+
+_public_ ipcmux_receiver *ipcmux_receiver_unref(ipcmux_receiver *rx) {
+        Conn *c;
+
+        if (!rx)
+                return NULL;
+        c = rx->conn;
+        if (conn_enter(c) < 0)
+                return NULL;
+        if (--rx->n_ref == 0) {
+                receiver_free_locked(rx);
+                (void) conn_flush(c);
+        }
+        conn_unlock(c);
+        conn_unref(c);  /* the receiver's reference */
+        return NULL;
+}
+
+/* ---- queue --------------------------------------------------------------- */
+
+/* The message leaves the receiver: its fds and regions stop counting against its peer. */
+static void message_release_accounting(ipcmux_message *m) {
+        RxPeer *p = m->accounted_peer;
+
+        if (!p)
+                return;
+        p->fds_held -= m->accounted_fds;
+        p->region_bytes_held -= m->accounted_region_bytes;
+        m->accounted_peer = rxpeer_unref(p);
+}
+
+void receiver_enqueue(ipcmux_receiver *rx, ipcmux_message *m) {
+        list_append(&rx->queue, &m->qlink);
+        rx->n_queued++;
+        rx->queued_bytes += m->size;
+        rx->n_received++;
+        conn_notify(rx->conn);
+}
+
+static ipcmux_message *receiver_pop(ipcmux_receiver *rx) {
+        ipcmux_message *m = list_first_entry(&rx->queue, ipcmux_message, qlink);
+
+        if (!m)
+                return NULL;
+        list_unlink(&m->qlink);
+        rx->n_queued--;
+        rx->queued_bytes -= m->size;
+        message_release_accounting(m);
+        return m;
+}
+
+bool receiver_is_disconnected(ipcmux_receiver *rx) {
+        return rx->n_queued == 0 && !lifecycle_is_connected(rx->lc);
+}
+
+static bool receiver_ready(void *userdata) {
+        ipcmux_receiver *rx = userdata;
+
+        return rx->n_queued > 0 || !lifecycle_is_connected(rx->lc);
+}
+
+_public_ int ipcmux_receiver_try_recv_timeout(ipcmux_receiver *rx, uint64_t timeout_usec, ipcmux_message **ret) {
+        uint64_t deadline;
+        Conn *c;
+        int r;
+
+        assert_return(rx, -EINVAL);
+        assert_return(ret, -EINVAL);
+
+        c = rx->conn;
+        r = conn_enter(c);
+        if (r < 0)
+                return r;
+
+        if (timeout_usec == UINT64_MAX)
+                deadline = UINT64_MAX;
+        else {
+                uint64_t now = now_usec();
+                deadline = timeout_usec > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_usec;
+        }
+
+        if (!receiver_ready(rx))
+                r = conn_wait(c, receiver_ready, rx, deadline);
+        if (rx->n_queued > 0) {
+                *ret = receiver_pop(rx);
+                r = 0;
+        } else if (!lifecycle_is_connected(rx->lc))
+                r = -EPIPE;
+        conn_unlock(c);
+        return r;
+}
+
+_public_ int ipcmux_receiver_recv(ipcmux_receiver *rx, ipcmux_message **ret) {
+        return ipcmux_receiver_try_recv_timeout(rx, UINT64_MAX, ret);
+}
+
+_public_ int ipcmux_receiver_try_recv(ipcmux_receiver *rx, ipcmux_message **ret) {
+        int r = ipcmux_receiver_try_recv_timeout(rx, 0, ret);
+
+        return r == -ETIMEDOUT ? -EAGAIN : r;
+}
+
+_public_ const char *ipcmux_receiver_get_path(ipcmux_receiver *rx) {
+        return rx ? rx->path : NULL;
+}
+
+/* ---- peers --------------------------------------------------------------- */
+
+void receiver_peer_gone(ipcmux_receiver *rx, const char *name, uint64_t gen) {
+        RxPeer *p;
+
+        lifecycle_peer_gone(rx->lc, name, gen);
+        /* Carriers to ourselves were dispatched before the bus told us of the
+         * death (same ordered stream): orphans addressed here are settled. */
+        lifecycle_drop_orphans(rx->lc, NULL, gen);
+        p = hashmap_remove(&rx->rxpeers, name);
+        if (p) {
+                rxpeer_drop_staged(p);
+                rxpeer_unref(p);
+        }
+}
+
+static void collect_peer(const char *peer, void *userdata) {
+        char ***names = userdata;
+        size_t n = 0;
+        char **l;
+
+        while (*names && (*names)[n])
+                n++;
+        l = realloc(*names, (n + 2) * sizeof(char *));
+        if (!l)
+                return;
+        l[n] = strdup(peer);
+        l[n + (l[n] ? 1 : 0)] = NULL;
+        *names = l;
+}
+
+void receivers_fail_all(Conn *c) {
+        size_t i = 0;
+        void *v;
+
+        /* The bus is gone: no remote hold can ever be resolved. */
+        while (hashmap_iterate(&c->receivers, &i, &v)) {
+                ipcmux_receiver *rx = v;
+                char **names = NULL;
+
+                lifecycle_foreach_peer(rx->lc, collect_peer, &names);
+                for (size_t k = 0; names && names[k]; k++) {
+                        receiver_peer_gone(rx, names[k], ++c->death_gen);
+                        free(names[k]);
+                }
+                free(names);
+                lifecycle_clear(rx->lc);
+        }
+}
+
+/* ---- org.ipcmux.Subchannel1 ---------------------------------------------- */
+
+static int refuse(ipcmux_receiver *rx, sd_bus_error *error, const char *name, const char *text) {
+        rx->n_refused++;
+        return sd_bus_error_set(error, name, text);
+}
+
+static int reply_ok(sd_bus_message *m) {
+        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+}
+
+/* Logical fd @idx of a call: staged ones first, then the call's own. */
+static int call_fd(RxPeer *p, const WireCall *w, uint32_t idx) {
+        return idx < p->n_staged ? p->staged[idx] : w->call_fds[idx - p->n_staged];
+}
+
+/* Build the messages of a validated call; nothing is enqueued on failure. */
+static int build_messages(ipcmux_receiver *rx, sd_bus_message *call, const char *sender, RxPeer *p,
+                          const WireCall *w, ipcmux_message **msgs) {
+        Conn *c = rx->conn;
+        size_t budget = fd_budget();
+        size_t fds_total = p->fds_held;
+        uint64_t region_total = p->region_bytes_held;
+        int r;
+
+        /* Regions and fds first (these can fail on peer input)... */
+        for (size_t i = 0; i < w->n_frames; i++) {
+                const WireFrame *f = &w->frames[i];
+                ipcmux_message *m;
+                unsigned first_region = 0;
+
+                r = message_new(&msgs[i]);
+                if (r < 0)
+                        return r;
+                m = msgs[i];
+
+                if (f->flags & WIRE_FRAME_SPILLED) {
+                        const WireRegion *reg = &w->regions[f->regions_at];
+
+                        if (reg->size > MAX_PEER_REGION_BYTES - MIN(region_total, MAX_PEER_REGION_BYTES))
+                                return -EDQUOT;
+                        r = shmem_new_from_peer_fd(call_fd(p, w, reg->fd_index), reg->size,
+                                                   MAX_PEER_REGION_BYTES, &m->borrowed_region);
+                        if (r < 0)
+                                return r;
+                        m->data = m->borrowed_region->data;
+                        m->size = reg->size;
+                        first_region = 1;
+                } else if (f->payload_size > 0) {
+                        /* Zero copy: point into the bus message and keep it. */
+                        m->borrowed_bus = sd_bus_message_ref(call);
+                        m->data = (uint8_t *) f->payload;
+                        m->size = f->payload_size;
+                }
+                m->wire_size = m->size;
+
+                for (unsigned j = first_region; j < f->n_regions; j++) {
+                        const WireRegion *reg = &w->regions[f->regions_at + j];
+                        ipcmux_shmem *s;
+
+                        if (reg->size > MAX_PEER_REGION_BYTES - MIN(region_total, MAX_PEER_REGION_BYTES))
+                                return -EDQUOT;
+                        r = shmem_new_from_peer_fd(call_fd(p, w, reg->fd_index), reg->size,
+                                                   MAX_PEER_REGION_BYTES, &s);
+                        if (r < 0)
+                                return r;
+                        r = message_push_shmem(m, s);
+                        ipcmux_shmem_unref(s);
+                        if (r < 0)
+                                return r;
+                        region_total += reg->size;
+                        m->accounted_region_bytes += reg->size;
+                        m->wire_size += reg->size;
+                }
+                if (f->flags & WIRE_FRAME_SPILLED) {
+                        region_total += m->size;
+                        m->accounted_region_bytes += m->size;
+                }
+                for (unsigned j = 0; j < f->n_fds; j++) {
+                        int fd;
+
+                        if (fds_total + 1 > budget)
+                                return -EDQUOT;
+                        fd = fcntl(call_fd(p, w, w->fds[f->fds_at + j]), F_DUPFD_CLOEXEC, 3);
+                        if (fd < 0)
+                                return negative_errno();
+                        r = message_push_fd(m, fd);
+                        if (r < 0) {
+                                safe_close(fd);
+                                return r;
+                        }
+                        fds_total++;
+                        m->accounted_fds++;
+                }
+                /* Each region holds an fd too. */
+                fds_total += m->n_shmems + (m->borrowed_region ? 1 : 0);
+                m->accounted_fds += m->n_shmems + (m->borrowed_region ? 1 : 0);
+                if (fds_total > budget)
+                        return -EDQUOT;
+        }
+
+        /* ...then senders, which cannot fail on peer input (a bad reference
+         * yields a closed sender): no claim is ever made for a refused call. */
+        for (size_t i = 0; i < w->n_frames; i++) {
+                const WireFrame *f = &w->frames[i];
+
+                for (unsigned j = 0; j < f->n_senders; j++) {
+                        ipcmux_sender *s;
+
+                        r = sender_new_received(c, sender, &w->senders[f->senders_at + j], &s);
+                        if (r < 0)
+                                return r;
+                        r = message_push_sender(msgs[i], s);
+                        if (r < 0) {
+                                ipcmux_sender_unref(s);
+                                return r;
+                        }
+                }
+        }
+        return 0;
+}
+
+static void decline_all(Conn *c, const char *sender, const WireCall *w) {
+        for (size_t i = 0; i < w->n_senders; i++)
+                sender_decline_ref(c, sender, &w->senders[i]);
+}
+
+static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        Conn *c = rx->conn;
+        const char *sender = sd_bus_message_get_sender(call);
+        WireCall *w = &c->scratch;
+        ipcmux_message *stack_msgs[16], **msgs = stack_msgs;
+        _cleanup_free_ ipcmux_message **heap_msgs = NULL;
+        RxPeer *p;
+        int r;
+
+        if (!sender || !lifecycle_may_send(rx->lc, sender))
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
+
+        r = wire_read_send(call, w);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Send call");
+        p = rxpeer_get(rx, sender);
+        if (!p)
+                return -ENOMEM;
+        r = wire_validate(w, p->n_staged);
+        if (r < 0) {
+                rxpeer_drop_staged(p);
+                decline_all(c, sender, w);
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid frames");
+        }
+
+        if (w->n_frames > ELEMENTSOF(stack_msgs)) {
+                msgs = heap_msgs = calloc(w->n_frames, sizeof(ipcmux_message *));
+                if (!msgs)
+                        return -ENOMEM;
+        } else
+                memset(stack_msgs, 0, sizeof(stack_msgs));
+
+        r = build_messages(rx, call, sender, p, w, msgs);
+        rxpeer_drop_staged(p);  /* consumed (dup'ed) or refused with the call */
+        if (r < 0) {
+                for (size_t i = 0; i < w->n_frames; i++)
+                        ipcmux_message_unref(msgs[i]);
+                /* Frames whose senders were not yet claimed decline them. */
+                decline_all(c, sender, w);
+                if (r == -ENOMEM)
+                        return r;
+                log_debug("ipcmux: refusing Send from %s to %s: %s", sender, rx->path, strerror(-r));
+                if (r == -EDQUOT)
+                        return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Peer quota exceeded");
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid region or fd");
+        }
+
+        if (w->first_seq != p->next_seq) {
+                /* The bus dropped frames (or the peer is confused): say so. */
+                if (w->first_seq > p->next_seq)
+                        rx->n_lost += w->first_seq - p->next_seq;
+                log_warning("ipcmux: %s: frames from %s out of sequence (%" PRIu64 " != %" PRIu64 ")",
+                            rx->path, sender, w->first_seq, p->next_seq);
+        }
+        p->next_seq = w->first_seq + w->n_frames;
+
+        for (size_t i = 0; i < w->n_frames; i++) {
+                ipcmux_message *m = msgs[i];
+
+                if (m->accounted_fds || m->accounted_region_bytes) {
+                        p->fds_held += m->accounted_fds;
+                        p->region_bytes_held += m->accounted_region_bytes;
+                        p->n_ref++;
+                        m->accounted_peer = p;
+                }
+                receiver_enqueue(rx, m);
+        }
+        return reply_ok(call);
+}
+
+static int method_stage_fds(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        const char *sender = sd_bus_message_get_sender(call);
+        RxPeer *p;
+        int r;
+
+        if (!sender || !lifecycle_may_send(rx->lc, sender))
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
+        p = rxpeer_get(rx, sender);
+        if (!p)
+                return -ENOMEM;
+
+        r = sd_bus_message_enter_container(call, 'a', "h");
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed StageFds call");
+        for (;;) {
+                int fd, copy;
+
+                r = sd_bus_message_read_basic(call, 'h', &fd);
+                if (r < 0)
+                        return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed StageFds call");
+                if (r == 0)
+                        break;
+                if (p->n_staged >= MAX_STAGED_FDS) {
+                        rxpeer_drop_staged(p);
+                        return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many staged fds");
+                }
+                if (!GREEDY_REALLOC(p->staged, p->allocated_staged, p->n_staged + 1))
+                        return -ENOMEM;
+                copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                if (copy < 0)
+                        return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Cannot keep fd");
+                p->staged[p->n_staged++] = copy;
+        }
+        return reply_ok(call);
+}
+
+static int method_release(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        const char *sender = sd_bus_message_get_sender(call);
+        uint32_t n;
+        int r;
+
+        r = sd_bus_message_read_basic(call, 'u', &n);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Release call");
+        if (!sender || n == 0 || lifecycle_release(rx->lc, sender, n) < 0)
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Caller does not hold that many");
+        if (receiver_is_disconnected(rx))
+                conn_notify(rx->conn);
+        return reply_ok(call);
+}
+
+static const char *normalize_name(Conn *c, const char *name) {
+        return c->unique_name && strcmp(name, c->unique_name) == 0 ? NULL : name;
+}
+
+static int method_sending(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        Conn *c = rx->conn;
+        const char *sender = sd_bus_message_get_sender(call), *to;
+        uint64_t token;
+        Peer *peer;
+        int r;
+
+        r = sd_bus_message_read(call, "ts", &token, &to);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Sending call");
+        if (!sender || to[0] != ':')
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Destination must be a unique name");
+        to = normalize_name(c, to);
+        if (to) {
+                /* Watch the destination before the copy counts: if it is
+                 * already gone the check after subscribing says so. */
+                r = peer_watch(c, to, &peer);
+                if (r < 0)
+                        return r;
+        }
+        r = lifecycle_sending(rx->lc, sender, token, to);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Caller holds no sender to send");
+        if (to && peer && peer->gone)
+                lifecycle_peer_gone(rx->lc, to, ++c->death_gen);
+        return reply_ok(call);
+}
+
+static int method_claim_or_decline(sd_bus_message *call, ipcmux_receiver *rx, sd_bus_error *error, bool claim) {
+        Conn *c = rx->conn;
+        const char *sender = sd_bus_message_get_sender(call), *from;
+        uint64_t token;
+        int r;
+
+        r = sd_bus_message_read(call, "st", &from, &token);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed call");
+        if (!sender)
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "No sender");
+        from = normalize_name(c, from);
+        r = claim ? lifecycle_claim(rx->lc, sender, from, token) : lifecycle_decline(rx->lc, sender, from, token);
+        if (r < 0)
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "No such copy in flight to the caller");
+        if (receiver_is_disconnected(rx))
+                conn_notify(c);
+        return reply_ok(call);
+}
+
+static int method_claim(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        return method_claim_or_decline(call, userdata, error, true);
+}
+
+static int method_decline(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        return method_claim_or_decline(call, userdata, error, false);
+}
+
+void receiver_handle_gone_call(Conn *c, sd_bus_message *m, const char *path) {
+        const char *sender = sd_bus_message_get_sender(m);
+        sd_bus_message *closed = NULL;
+        const char *member;
+
+        if (!sender || !sd_bus_message_is_method_call(m, IPCMUX_INTERFACE_SUBCHANNEL, NULL))
+                return;
+        if (c->last_gone_call == (const void *) m)
+                return;
+        c->last_gone_call = m;
+        member = sd_bus_message_get_member(m);
+
+        if (strcmp(member, "Send") == 0) {
+                /* The copies inside can never be used: decline them. */
+                if (wire_read_send(m, &c->scratch) >= 0)
+                        decline_all(c, sender, &c->scratch);
+        } else if (strcmp(member, "Claim") != 0 && strcmp(member, "Sending") != 0)
+                return;
+
+        /* The caller believes it holds (or is about to) a sender: tell it. */
+        if (conn_new_call(c, sender, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Closed", &closed) < 0)
+                return;
+        if (sd_bus_message_append_basic(closed, 'o', path) < 0) {
+                sd_bus_message_unref(closed);
+                return;
+        }
+        (void) conn_send_ctrl(c, closed);
+}
+
+/* ---- properties ---------------------------------------------------------- */
+
+static int prop_get(sd_bus *bus, const char *path, const char *iface, const char *prop,
+                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+
+        if (strcmp(prop, "QueuedMessages") == 0)
+                return sd_bus_message_append(reply, "u", (uint32_t) rx->n_queued);
+        if (strcmp(prop, "QueuedBytes") == 0)
+                return sd_bus_message_append(reply, "t", rx->queued_bytes);
+        if (strcmp(prop, "LocalSenders") == 0)
+                return sd_bus_message_append(reply, "b", lifecycle_get_local_holds(rx->lc) > 0);
+        if (strcmp(prop, "RemoteHolds") == 0)
+                return sd_bus_message_append(reply, "u", lifecycle_get_remote_holds(rx->lc));
+        if (strcmp(prop, "InFlight") == 0)
+                return sd_bus_message_append(reply, "u", lifecycle_get_in_flight(rx->lc));
+        if (strcmp(prop, "Received") == 0)
+                return sd_bus_message_append(reply, "t", rx->n_received);
+        if (strcmp(prop, "Refused") == 0)
+                return sd_bus_message_append(reply, "t", rx->n_refused);
+        if (strcmp(prop, "Lost") == 0)
+                return sd_bus_message_append(reply, "t", rx->n_lost);
+        if (strcmp(prop, "Holders") == 0) {
+                char **l = NULL;
+                int r = lifecycle_get_holders(rx->lc, &l);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append_strv(reply, l);
+                lifecycle_strv_free(l);
+                return r;
+        }
+        return -ENOENT;
+}
+
+const sd_bus_vtable receiver_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_NAMES("Send", "ta" IPCMUX_FRAME_SIGNATURE "ah",
+                                 SD_BUS_PARAM(first_seq) SD_BUS_PARAM(frames) SD_BUS_PARAM(fds),
+                                 "", , method_send, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("StageFds", "ah", SD_BUS_PARAM(fds), "", , method_stage_fds,
+                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("Release", "u", SD_BUS_PARAM(count), "", , method_release,
+                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("Sending", "ts", SD_BUS_PARAM(token) SD_BUS_PARAM(destination), "", ,
+                                 method_sending, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("Claim", "st", SD_BUS_PARAM(from) SD_BUS_PARAM(token), "", , method_claim,
+                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("Decline", "st", SD_BUS_PARAM(from) SD_BUS_PARAM(token), "", , method_decline,
+                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_PROPERTY("QueuedMessages", "u", prop_get, 0, 0),
+        SD_BUS_PROPERTY("QueuedBytes", "t", prop_get, 0, 0),
+        SD_BUS_PROPERTY("LocalSenders", "b", prop_get, 0, 0),
+        SD_BUS_PROPERTY("RemoteHolds", "u", prop_get, 0, 0),
+        SD_BUS_PROPERTY("Holders", "as", prop_get, 0, 0),
+        SD_BUS_PROPERTY("InFlight", "u", prop_get, 0, 0),
+        SD_BUS_PROPERTY("Received", "t", prop_get, 0, 0),
+        SD_BUS_PROPERTY("Refused", "t", prop_get, 0, 0),
+        SD_BUS_PROPERTY("Lost", "t", prop_get, 0, 0),
+        SD_BUS_VTABLE_END,
+};

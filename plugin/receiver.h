@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * ipcmux_receiver: the receiving end of a subchannel, a D-Bus object at
+ * <channel prefix>/<32 hex id>.  It owns the message queue and the
+ * subchannel's Lifecycle (who may still send), and answers the
+ * org.ipcmux.Subchannel1 calls.  Disconnected = nothing queued and
+ * !lifecycle_is_connected(): then recv returns -EPIPE forever.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "hashmap.h"
+#include "ipcmux/ipcmux.h"
+#include "lifecycle.h"
+#include "list.h"
+
+typedef struct RxPeer RxPeer;
+
+struct ipcmux_receiver {
+        unsigned n_ref;                 /* under the conn lock */
+        Conn *conn;
+        ipcmux_channel *channel;
+        uint8_t id[16];
+        char *path;
+        bool dropped;
+
+        Endpoint *local_ep;
+        Lifecycle *lc;
+        HashMap rxpeers;                /* unique name -> RxPeer */
+
+        List queue;                     /* ipcmux_message.qlink */
+        size_t n_queued;
+        uint64_t queued_bytes;
+
+        uint64_t n_received, n_refused, n_lost;
+};
+
+extern const sd_bus_vtable receiver_vtable[];
+
+int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret);
+/* Enqueue a delivered message (takes the reference) and wake waiters. */
+void receiver_enqueue(ipcmux_receiver *rx, ipcmux_message *m);
+bool receiver_is_disconnected(ipcmux_receiver *rx);
+/* A peer vanished (generation @gen): update holds, fds staged by it. */
+void receiver_peer_gone(ipcmux_receiver *rx, const char *name, uint64_t gen);
+void receivers_fail_all(Conn *c);
+/* Handle a lifecycle call addressed to a receiver that no longer exists. */
+void receiver_handle_gone_call(Conn *c, sd_bus_message *m, const char *path);

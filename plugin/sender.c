@@ -1,0 +1,959 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Endpoints and ipcmux_sender objects (see endpoint.h).
+ *
+ * Output order.  Control messages that a frame depends on (Sending, which
+ * registers an embedded sender as in flight at its owner) are queued in
+ * conn->ctrlq, which always drains before any endpoint's frames; so the
+ * owner learns of the copy before the carrying message can arrive anywhere.
+ * A Release follows the frames its endpoint had queued.
+ */
+
+#include <fcntl.h>
+#include <stdio.h>
+
+#include "channel.h"
+#include "endpoint.h"
+#include "log.h"
+#include "macro.h"
+#include "message.h"
+#include "peer.h"
+#include "receiver.h"
+#include "shmem.h"
+
+/* Most frames one Send call carries when the link was busy (batching). */
+#define BATCH_MAX_FRAMES 1024u
+/* Re-read the socket at least this often while the application only sends,
+ * so Closed notifications (and credit) are seen promptly. */
+#define SEND_DISPATCH_INTERVAL_USEC 20000u
+/* How long the last unref of a sender waits for its output to leave. */
+#define RELEASE_FLUSH_TIMEOUT_USEC (10u * 1000000u)
+
+typedef struct OutFrame {
+        List link;
+        uint32_t flags;
+        uint8_t *payload;
+        size_t payload_size;
+        ipcmux_shmem **regions;
+        unsigned n_regions;
+        int *fds;
+        unsigned n_fds;
+        WireSenderRef *senders;         /* owner and path strdup'ed */
+        unsigned n_senders;
+} OutFrame;
+
+static void out_frame_free(OutFrame *f) {
+        if (!f)
+                return;
+        free(f->payload);
+        for (unsigned i = 0; i < f->n_regions; i++)
+                ipcmux_shmem_unref(f->regions[i]);
+        free(f->regions);
+        for (unsigned i = 0; i < f->n_fds; i++)
+                safe_close(f->fds[i]);
+        free(f->fds);
+        for (unsigned i = 0; i < f->n_senders; i++) {
+                free((char *) f->senders[i].owner);
+                free((char *) f->senders[i].path);
+        }
+        free(f->senders);
+        free(f);
+}
+
+/* ---- endpoints ----------------------------------------------------------- */
+
+Endpoint *endpoint_ref(Endpoint *ep) {
+        if (ep)
+                ep->n_ref++;
+        return ep;
+}
+
+static void endpoint_free(Endpoint *ep) {
+        OutFrame *f, *tmp;
+
+        list_for_each_entry_safe(f, tmp, &ep->queue, link) {
+                list_unlink(&f->link);
+                out_frame_free(f);
+        }
+        if (list_is_linked(&ep->ready_link))
+                list_unlink(&ep->ready_link);
+        if (list_is_linked(&ep->peer_link))
+                list_unlink(&ep->peer_link);
+        if (ep->key)
+                hashmap_remove(&ep->conn->endpoints, ep->key);
+        if (ep->local && ep->rx && ep->rx->local_ep == ep)
+                ep->rx->local_ep = NULL;
+        if (ep->oneshot_name && !conn_forked(ep->conn) && ep->conn->error >= 0)
+                /* The server has seen us claim it; let the name go. */
+                (void) sd_bus_call_method_async(ep->conn->bus, NULL, "org.freedesktop.DBus",
+                                                "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                                "ReleaseName", NULL, NULL, "s", ep->oneshot_name);
+        free(ep->oneshot_name);
+        free(ep->key);
+        free((char *) ep->dest);
+        free(ep->path);
+        conn_unref(ep->conn);
+        free(ep);
+}
+
+Endpoint *endpoint_unref(Endpoint *ep) {
+        if (ep && --ep->n_ref == 0)
+                endpoint_free(ep);
+        return NULL;
+}
+
+static Endpoint *endpoint_alloc(Conn *c) {
+        Endpoint *ep = calloc(1, sizeof(*ep));
+
+        if (!ep)
+                return NULL;
+        ep->n_ref = 1;
+        ep->conn = conn_ref(c);
+        list_init(&ep->queue);
+        list_init(&ep->ready_link);
+        list_init(&ep->peer_link);
+        return ep;
+}
+
+int endpoint_new_local(Conn *c, ipcmux_receiver *rx, Endpoint **ret) {
+        Endpoint *ep = endpoint_alloc(c);
+
+        if (!ep)
+                return -ENOMEM;
+        ep->local = true;
+        ep->rx = rx;
+        ep->closed = !rx;
+        if (rx) {
+                ep->path = strdup(rx->path);
+                if (!ep->path) {
+                        endpoint_free(ep);
+                        return -ENOMEM;
+                }
+        }
+        *ret = ep;
+        return 0;
+}
+
+Endpoint *endpoint_find(Conn *c, const char *dest, const char *path) {
+        char buf[512];
+        int n;
+
+        n = snprintf(buf, sizeof(buf), "%s%s", dest, path);
+        if (n < 0 || (size_t) n >= sizeof(buf))
+                return NULL;
+        return hashmap_get(&c->endpoints, buf);
+}
+
+int endpoint_get_remote(Conn *c, const char *dest, const char *path, Endpoint **ret) {
+        Endpoint *ep;
+        Peer *p;
+        int r;
+
+        ep = endpoint_find(c, dest, path);
+        if (ep) {
+                *ret = endpoint_ref(ep);
+                return 0;
+        }
+        if (strlen(dest) + strlen(path) >= 512)
+                return -EINVAL;
+
+        ep = endpoint_alloc(c);
+        if (!ep)
+                return -ENOMEM;
+        ep->dest = strdup(dest);
+        ep->path = strdup(path);
+        if (!ep->dest || !ep->path || asprintf(&ep->key, "%s%s", dest, path) < 0) {
+                ep->key = NULL;
+                endpoint_free(ep);
+                return -ENOMEM;
+        }
+        r = hashmap_put(&c->endpoints, ep->key, ep);
+        if (r < 0) {
+                free(ep->key);
+                ep->key = NULL;
+                endpoint_free(ep);
+                return r;
+        }
+        r = peer_watch(c, dest, &p);
+        if (r < 0) {
+                endpoint_free(ep);
+                return r;
+        }
+        if (p) {
+                ep->peer = p;
+                list_append(&p->endpoints, &ep->peer_link);
+                if (p->gone)
+                        ep->closed = true;
+        }
+        *ret = ep;
+        return 0;
+}
+
+/* Queued frames keep their endpoint alive (one reference while non-empty). */
+static void endpoint_mark_ready(Endpoint *ep) {
+        if (!list_is_linked(&ep->ready_link)) {
+                list_append(&ep->conn->ready, &ep->ready_link);
+                endpoint_ref(ep);
+        }
+}
+
+static void endpoint_unmark_ready(Endpoint *ep) {
+        if (list_is_linked(&ep->ready_link)) {
+                list_unlink(&ep->ready_link);
+                endpoint_unref(ep);
+        }
+}
+
+/* Tell a subchannel's owner about an in-flight copy it will never see used. */
+static void decline_own_copy(Conn *c, const WireSenderRef *ref) {
+        sd_bus_message *m = NULL;
+
+        if (conn_new_call(c, ref->owner, ref->path, IPCMUX_INTERFACE_SUBCHANNEL, "Decline", &m) < 0)
+                return;
+        if (sd_bus_message_append(m, "st", c->unique_name, ref->token) < 0) {
+                sd_bus_message_unref(m);
+                return;
+        }
+        (void) conn_send_ctrl(c, m);
+}
+
+static void cancel_frame_transfers(Conn *c, OutFrame *f) {
+        for (unsigned i = 0; i < f->n_senders; i++)
+                sender_decline_ref(c, c->unique_name, &f->senders[i]);
+}
+
+void endpoint_close(Endpoint *ep) {
+        Conn *c = ep->conn;
+        OutFrame *f, *tmp;
+
+        if (ep->closed)
+                return;
+        ep->closed = true;
+        endpoint_ref(ep);
+        /* Unsent frames die here: their embedded copies were registered as
+         * in flight at their owners, withdraw them. */
+        list_for_each_entry_safe(f, tmp, &ep->queue, link) {
+                list_unlink(&f->link);
+                cancel_frame_transfers(c, f);
+                out_frame_free(f);
+        }
+        ep->n_queued = 0;
+        ep->queued_bytes = 0;
+        ep->pending_releases = 0;
+        endpoint_unmark_ready(ep);
+        conn_notify(c);
+        endpoint_unref(ep);
+}
+
+void endpoints_fail_all(Conn *c) {
+        Endpoint *ep;
+        size_t i = 0;
+        void *v;
+
+        /* endpoint_close() never removes map entries while we iterate: the
+         * extra ref it takes keeps every endpoint alive until it returns,
+         * and the queue ref it may drop is not the last one of a mapped
+         * endpoint unless no sender refers to it; collect first to be safe. */
+        size_t n = hashmap_size(&c->endpoints), k = 0;
+        Endpoint **all = calloc(n ? n : 1, sizeof(Endpoint *));
+        if (!all)
+                return;
+        while (hashmap_iterate(&c->endpoints, &i, &v))
+                all[k++] = endpoint_ref(v);
+        for (size_t j = 0; j < k; j++) {
+                ep = all[j];
+                endpoint_close(ep);
+                endpoint_unref(ep);
+        }
+        free(all);
+}
+
+void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
+        /* Flow control lands with the credit window (issue 6); the call is
+         * accepted and ignored until then. */
+        (void) ep;
+        (void) msgs;
+        (void) bytes;
+}
+
+/* ---- building calls ------------------------------------------------------ */
+
+typedef struct FrameView {
+        uint32_t flags;
+        const void *payload;
+        size_t payload_size;
+        ipcmux_shmem *const *regions;
+        unsigned n_regions;
+        const int *fds;
+        unsigned n_fds;
+        const WireSenderRef *senders;
+        unsigned n_senders;
+} FrameView;
+
+static unsigned frame_view_fds(const FrameView *v) {
+        return v->n_regions + v->n_fds;
+}
+
+/* Send StageFds calls carrying fds [0, n) so that at most WIRE_MAX_FDS_PER_CALL remain. */
+static int stage_fds(Endpoint *ep, const int *fds, unsigned n) {
+        Conn *c = ep->conn;
+
+        for (unsigned at = 0; at < n; at += WIRE_MAX_FDS_PER_CALL) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+                unsigned k = MIN(WIRE_MAX_FDS_PER_CALL, n - at);
+                int r;
+
+                r = conn_new_call(c, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "StageFds", &m);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_open_container(m, 'a', "h");
+                if (r < 0)
+                        return r;
+                for (unsigned i = 0; i < k; i++) {
+                        r = sd_bus_message_append_basic(m, 'h', &fds[at + i]);
+                        if (r < 0)
+                                return r;
+                }
+                r = sd_bus_message_close_container(m);
+                if (r < 0)
+                        return r;
+                r = sd_bus_send(c->bus, m, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/*
+ * Emit frames as one Send call (plus StageFds calls when a single frame has
+ * more fds than one call may carry).  @n_views frames together have at most
+ * WIRE_MAX_FDS_PER_CALL fds unless @n_views is 1.
+ */
+static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        Conn *c = ep->conn;
+        int fdbuf[64], *fds = fdbuf;
+        _cleanup_free_ int *fds_heap = NULL;
+        unsigned n_fds = 0, n_staged = 0, total = 0;
+        int r;
+
+        for (unsigned i = 0; i < n_views; i++)
+                total += frame_view_fds(&views[i]);
+        if (total > ELEMENTSOF(fdbuf)) {
+                fds = fds_heap = malloc(total * sizeof(int));
+                if (!fds)
+                        return -ENOMEM;
+        }
+        for (unsigned i = 0; i < n_views; i++) {
+                for (unsigned j = 0; j < views[i].n_regions; j++)
+                        fds[n_fds++] = shmem_get_fd(views[i].regions[j]);
+                for (unsigned j = 0; j < views[i].n_fds; j++)
+                        fds[n_fds++] = views[i].fds[j];
+        }
+        if (n_fds > WIRE_MAX_FDS_PER_CALL) {
+                /* Only a lone frame can get here: stage the excess ahead of it. */
+                n_staged = n_fds - WIRE_MAX_FDS_PER_CALL;
+                r = stage_fds(ep, fds, n_staged);
+                if (r < 0)
+                        return r;
+        }
+
+        r = conn_new_call(c, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Send", &m);
+        if (r < 0)
+                return r;
+        r = wire_open_frames(m, ep->next_seq);
+        if (r < 0)
+                return r;
+
+        unsigned fd_index = 0;
+        for (unsigned i = 0; i < n_views; i++) {
+                const FrameView *v = &views[i];
+                uint32_t ridx[v->n_regions ? v->n_regions : 1], fidx[v->n_fds ? v->n_fds : 1];
+                uint64_t rsize[v->n_regions ? v->n_regions : 1];
+
+                for (unsigned j = 0; j < v->n_regions; j++) {
+                        ridx[j] = fd_index++;
+                        rsize[j] = v->regions[j]->size;
+                }
+                for (unsigned j = 0; j < v->n_fds; j++)
+                        fidx[j] = fd_index++;
+                r = wire_append_frame(m, v->flags, v->payload, v->payload_size,
+                                      v->n_regions, ridx, rsize, v->n_fds, fidx,
+                                      v->n_senders, v->senders);
+                if (r < 0)
+                        return r;
+        }
+        r = wire_close_frames(m, fds + n_staged, n_fds - n_staged);
+        if (r < 0)
+                return r;
+        r = sd_bus_send(c->bus, m, NULL);
+        if (r < 0)
+                return r;
+        ep->next_seq += n_views;
+        return 0;
+}
+
+static void frame_view_from_out(FrameView *v, const OutFrame *f) {
+        *v = (FrameView) {
+                .flags = f->flags,
+                .payload = f->payload,
+                .payload_size = f->payload_size,
+                .regions = f->regions,
+                .n_regions = f->n_regions,
+                .fds = f->fds,
+                .n_fds = f->n_fds,
+                .senders = f->senders,
+                .n_senders = f->n_senders,
+        };
+}
+
+static int send_release(Endpoint *ep, unsigned n) {
+        sd_bus_message *m = NULL;
+        int r;
+
+        r = conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Release", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_basic(m, 'u', &n);
+        if (r < 0) {
+                sd_bus_message_unref(m);
+                return r;
+        }
+        r = sd_bus_send(ep->conn->bus, m, NULL);
+        sd_bus_message_unref(m);
+        return r;
+}
+
+int endpoint_flush_one(Endpoint *ep) {
+        FrameView views[64];
+        OutFrame *batch[64];
+        unsigned n = 0, fds = 0;
+        size_t bytes = 0;
+        OutFrame *f;
+        int r = 0;
+
+        endpoint_ref(ep);
+        /* Coalesce queued frames into one call within the bus's limits. */
+        list_for_each_entry(f, &ep->queue, link) {
+                unsigned k = f->n_regions + f->n_fds;
+
+                if (n == ELEMENTSOF(batch) || n == BATCH_MAX_FRAMES)
+                        break;
+                if (n > 0 && (fds + k > WIRE_MAX_FDS_PER_CALL || bytes + f->payload_size > WIRE_MAX_INLINE_BYTES))
+                        break;
+                frame_view_from_out(&views[n], f);
+                batch[n++] = f;
+                fds += k;
+                bytes += f->payload_size;
+        }
+        if (n > 0) {
+                r = emit_frames(ep, views, n);
+                if (r < 0)
+                        log_debug("ipcmux: sending to %s%s failed: %s", ep->dest, ep->path, strerror(-r));
+                for (unsigned i = 0; i < n; i++) {
+                        ep->n_queued--;
+                        ep->queued_bytes -= batch[i]->payload_size;
+                        list_unlink(&batch[i]->link);
+                        if (r < 0)
+                                cancel_frame_transfers(ep->conn, batch[i]);
+                        out_frame_free(batch[i]);
+                }
+        }
+        if (list_is_empty(&ep->queue)) {
+                if (ep->pending_releases > 0 && r >= 0) {
+                        r = send_release(ep, ep->pending_releases);
+                        ep->pending_releases = 0;
+                }
+                endpoint_unmark_ready(ep);
+        } else {
+                /* Round robin: let the other endpoints have the next call. */
+                list_unlink(&ep->ready_link);
+                list_append(&ep->conn->ready, &ep->ready_link);
+        }
+        endpoint_unref(ep);
+        return r;
+}
+
+/* ---- sending ------------------------------------------------------------- */
+
+/* Register the message's senders as in flight to @ep's process; fill @refs. */
+static int prepare_transfers(Endpoint *ep, ipcmux_message *m, WireSenderRef *refs) {
+        Conn *c = ep->conn;
+        int r;
+
+        for (size_t i = 0; i < m->n_senders; i++) {
+                ipcmux_sender *s = m->senders[i];
+                Endpoint *sep;
+                uint64_t token = random_u64();
+
+                if (!s)
+                        return -ENXIO;  /* taken: nothing to send */
+                sep = s->ep;
+                refs[i].token = token;
+                if (sep->local) {
+                        refs[i].owner = c->unique_name;
+                        refs[i].path = sep->path ? sep->path : "/";
+                        if (sep->rx && !sep->closed) {
+                                Peer *p;
+
+                                r = peer_watch(c, ep->dest, &p);
+                                if (r < 0)
+                                        return r;
+                                r = lifecycle_sending(sep->rx->lc, NULL, token, ep->dest);
+                                if (r < 0)
+                                        return r;
+                        }
+                } else {
+                        sd_bus_message *call = NULL;
+
+                        refs[i].owner = sep->dest;
+                        refs[i].path = sep->path;
+                        if (sep->closed)
+                                continue;
+                        r = conn_new_call(c, sep->dest, sep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Sending", &call);
+                        if (r < 0)
+                                return r;
+                        r = sd_bus_message_append(call, "ts", token, ep->dest);
+                        if (r < 0) {
+                                sd_bus_message_unref(call);
+                                return r;
+                        }
+                        r = conn_send_ctrl(c, call);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int out_frame_new(const FrameView *v, OutFrame **ret) {
+        OutFrame *f = calloc(1, sizeof(*f));
+
+        if (!f)
+                return -ENOMEM;
+        list_init(&f->link);
+        f->flags = v->flags;
+        f->payload_size = v->payload_size;
+        if (v->payload_size > 0) {
+                f->payload = memdup(v->payload, v->payload_size);
+                if (!f->payload)
+                        goto oom;
+        }
+        if (v->n_regions > 0) {
+                f->regions = calloc(v->n_regions, sizeof(ipcmux_shmem *));
+                if (!f->regions)
+                        goto oom;
+                for (; f->n_regions < v->n_regions; f->n_regions++)
+                        f->regions[f->n_regions] = ipcmux_shmem_ref(v->regions[f->n_regions]);
+        }
+        if (v->n_fds > 0) {
+                f->fds = calloc(v->n_fds, sizeof(int));
+                if (!f->fds)
+                        goto oom;
+                for (; f->n_fds < v->n_fds; f->n_fds++) {
+                        f->fds[f->n_fds] = fcntl(v->fds[f->n_fds], F_DUPFD_CLOEXEC, 3);
+                        if (f->fds[f->n_fds] < 0) {
+                                int r = negative_errno();
+                                out_frame_free(f);
+                                return r;
+                        }
+                }
+        }
+        if (v->n_senders > 0) {
+                f->senders = calloc(v->n_senders, sizeof(WireSenderRef));
+                if (!f->senders)
+                        goto oom;
+                for (; f->n_senders < v->n_senders; f->n_senders++) {
+                        WireSenderRef *d = &f->senders[f->n_senders];
+                        d->token = v->senders[f->n_senders].token;
+                        d->owner = strdup(v->senders[f->n_senders].owner);
+                        d->path = strdup(v->senders[f->n_senders].path);
+                        if (!d->owner || !d->path) {
+                                f->n_senders++;
+                                goto oom;
+                        }
+                }
+        }
+        *ret = f;
+        return 0;
+oom:
+        out_frame_free(f);
+        return -ENOMEM;
+}
+
+static int send_remote(Endpoint *ep, ipcmux_message *m) {
+        Conn *c = ep->conn;
+        _cleanup_(ipcmux_shmem_unrefp) ipcmux_shmem *spill = NULL;
+        ipcmux_shmem *regions_buf[17], **regions = m->shmems;
+        _cleanup_free_ ipcmux_shmem **regions_heap = NULL;
+        WireSenderRef refs_buf[8], *refs = refs_buf;
+        _cleanup_free_ WireSenderRef *refs_heap = NULL;
+        FrameView v;
+        int r;
+
+        if (c->error < 0)
+                return -ECONNRESET;
+        if (ep->closed)
+                return -EPIPE;
+
+        for (size_t i = 0; i < m->n_shmems; i++)
+                if (!m->shmems[i])
+                        return -ENXIO;
+        for (size_t i = 0; i < m->n_fds; i++)
+                if (m->fds[i] < 0)
+                        return -ENXIO;
+        if (m->n_fds > 0 || m->n_shmems > 0 || m->size > c->spill_threshold) {
+                r = sd_bus_can_send(c->bus, SD_BUS_TYPE_UNIX_FD);
+                if (r <= 0)
+                        return -EOPNOTSUPP;
+        }
+
+        v = (FrameView) {
+                .payload = m->data,
+                .payload_size = m->size,
+                .regions = m->shmems,
+                .n_regions = (unsigned) m->n_shmems,
+                .fds = m->fds,
+                .n_fds = (unsigned) m->n_fds,
+                .n_senders = (unsigned) m->n_senders,
+        };
+
+        if (m->size > c->spill_threshold) {
+                /* Too big to travel inline: move the bytes into a sealed memfd,
+                 * carried as region 0 ahead of the user's regions. */
+                r = shmem_new(m->size, &spill);
+                if (r < 0)
+                        return r;
+                memcpy(spill->data, m->data, m->size);
+                if (m->n_shmems + 1 > ELEMENTSOF(regions_buf)) {
+                        regions = regions_heap = malloc((m->n_shmems + 1) * sizeof(ipcmux_shmem *));
+                        if (!regions)
+                                return -ENOMEM;
+                } else
+                        regions = regions_buf;
+                regions[0] = spill;
+                for (size_t i = 0; i < m->n_shmems; i++)
+                        regions[i + 1] = m->shmems[i];
+                v.flags |= WIRE_FRAME_SPILLED;
+                v.payload = NULL;
+                v.payload_size = 0;
+                v.regions = regions;
+                v.n_regions = (unsigned) m->n_shmems + 1;
+        }
+
+        if (m->n_senders > ELEMENTSOF(refs_buf)) {
+                refs = refs_heap = calloc(m->n_senders, sizeof(WireSenderRef));
+                if (!refs)
+                        return -ENOMEM;
+        }
+        r = prepare_transfers(ep, m, refs);
+        if (r < 0)
+                return r;
+        v.senders = refs;
+
+        /* Direct path: nothing queued ahead, the socket takes it now. */
+        if (list_is_empty(&ep->queue) && list_is_empty(&c->ctrlq) && frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL) {
+                uint64_t n = 0;
+
+                if (sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0) {
+                        r = emit_frames(ep, &v, 1);
+                        if (r >= 0)
+                                return 0;
+                        if (IN_SET(r, -ECONNRESET, -ENOTCONN)) {
+                                conn_fail(c, r);
+                                return -ECONNRESET;
+                        }
+                        return r;
+                }
+        }
+
+        OutFrame *f;
+        r = out_frame_new(&v, &f);
+        if (r < 0)
+                return r;
+        list_append(&ep->queue, &f->link);
+        ep->n_queued++;
+        ep->queued_bytes += f->payload_size;
+        endpoint_mark_ready(ep);
+        return conn_flush(c);
+}
+
+static int send_local(Endpoint *ep, ipcmux_message *m) {
+        _cleanup_(ipcmux_message_unrefp) ipcmux_message *copy = NULL;
+        int r;
+
+        if (ep->closed || !ep->rx)
+                return -EPIPE;
+        r = message_new(&copy);
+        if (r < 0)
+                return r;
+        if (m->size > 0) {
+                copy->data = memdup(m->data, m->size);
+                if (!copy->data)
+                        return -ENOMEM;
+                copy->size = copy->allocated = m->size;
+        }
+        for (size_t i = 0; i < m->n_shmems; i++) {
+                if (!m->shmems[i])
+                        return -ENXIO;
+                r = message_push_shmem(copy, m->shmems[i]);
+                if (r < 0)
+                        return r;
+        }
+        for (size_t i = 0; i < m->n_fds; i++) {
+                int fd;
+
+                if (m->fds[i] < 0)
+                        return -ENXIO;
+                fd = fcntl(m->fds[i], F_DUPFD_CLOEXEC, 3);
+                if (fd < 0)
+                        return negative_errno();
+                r = message_push_fd(copy, fd);
+                if (r < 0) {
+                        safe_close(fd);
+                        return r;
+                }
+        }
+        for (size_t i = 0; i < m->n_senders; i++) {
+                /* In one process a copy is just another reference. */
+                if (!m->senders[i])
+                        return -ENXIO;
+                r = message_push_sender(copy, ipcmux_sender_ref(m->senders[i]));
+                if (r < 0) {
+                        ipcmux_sender_unref(m->senders[i]);
+                        return r;
+                }
+        }
+        copy->wire_size = m->size;
+        receiver_enqueue(ep->rx, TAKE_PTR(copy));
+        return 0;
+}
+
+static int sender_send_locked(ipcmux_sender *s, ipcmux_message *m) {
+        Endpoint *ep = s->ep;
+        Conn *c = ep->conn;
+
+        if (ep->local)
+                return send_local(ep, m);
+
+        /* Learn about Closed and peers' deaths even if the application only
+         * ever sends (and move what waits for the socket). */
+        if (!c->processing && (now_usec() - c->last_dispatch_usec > SEND_DISPATCH_INTERVAL_USEC ||
+                               !list_is_empty(&ep->queue)))
+                (void) conn_dispatch_pending(c);
+        return send_remote(ep, m);
+}
+
+_public_ int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m) {
+        Conn *c;
+        int r;
+
+        assert_return(s, -EINVAL);
+        assert_return(m, -EINVAL);
+
+        c = conn_ref(s->ep->conn);
+        r = conn_enter(c);
+        if (r >= 0) {
+                r = sender_send_locked(s, m);
+                conn_unlock(c);
+        }
+        conn_unref(c);
+        return r;
+}
+
+_public_ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t size) {
+        ipcmux_message m = {
+                .n_ref = 1,
+                .data = (uint8_t *) data,
+                .size = size,
+        };
+
+        assert_return(s, -EINVAL);
+        assert_return(data || size == 0, -EINVAL);
+
+        /* A stack message: send copies what it needs, nothing to free. */
+        list_init(&m.qlink);
+        return ipcmux_sender_send(s, &m);
+}
+
+/* ---- sender objects ------------------------------------------------------ */
+
+static ipcmux_sender *sender_wrap(Endpoint *ep) {
+        ipcmux_sender *s = calloc(1, sizeof(*s));
+
+        if (!s)
+                return NULL;
+        s->n_ref = 1;
+        s->ep = endpoint_ref(ep);
+        return s;
+}
+
+int sender_new(Endpoint *ep, ipcmux_sender **ret) {
+        ipcmux_sender *s = sender_wrap(ep);
+
+        if (!s)
+                return -ENOMEM;
+        if (ep->local && ep->rx)
+                lifecycle_hold_local(ep->rx->lc);
+        *ret = s;
+        return 0;
+}
+
+static int closed_sender(Conn *c, ipcmux_sender **ret) {
+        Endpoint *ep;
+        int r;
+
+        r = endpoint_new_local(c, NULL, &ep);
+        if (r < 0)
+                return r;
+        *ret = sender_wrap(ep);
+        endpoint_unref(ep);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static bool is_own_name(Conn *c, const char *name) {
+        return name && c->unique_name && strcmp(name, c->unique_name) == 0;
+}
+
+int sender_new_received(Conn *c, const char *from, const WireSenderRef *ref, ipcmux_sender **ret) {
+        const char *from_norm = is_own_name(c, from) ? NULL : from;
+        sd_bus_message *claim = NULL;
+        Endpoint *ep;
+        int r;
+
+        if (is_own_name(c, ref->owner)) {
+                uint8_t id[16];
+                ipcmux_receiver *rx = NULL;
+
+                if (receiver_path_get_id(ref->path, id) >= 0)
+                        rx = hashmap_get(&c->receivers, id);
+                if (!rx || rx->dropped || strcmp(rx->path, ref->path) != 0 || !rx->local_ep ||
+                    lifecycle_claim(rx->lc, NULL, from_norm, ref->token) < 0)
+                        return closed_sender(c, ret);
+                /* The claim gave us the local hold this object stands for. */
+                *ret = sender_wrap(rx->local_ep);
+                if (!*ret) {
+                        (void) lifecycle_release_local(rx->lc);
+                        return -ENOMEM;
+                }
+                return 0;
+        }
+
+        r = endpoint_get_remote(c, ref->owner, ref->path, &ep);
+        if (r < 0)
+                return r == -ENOMEM ? r : closed_sender(c, ret);
+        if (!ep->closed) {
+                r = conn_new_call(c, ref->owner, ref->path, IPCMUX_INTERFACE_SUBCHANNEL, "Claim", &claim);
+                if (r >= 0)
+                        r = sd_bus_message_append(claim, "st", from, ref->token);
+                if (r >= 0) {
+                        r = conn_send_ctrl(c, claim);
+                        claim = NULL;
+                }
+                sd_bus_message_unref(claim);
+                if (r < 0)
+                        ep->closed = true;
+        }
+        *ret = sender_wrap(ep);
+        endpoint_unref(ep);
+        return *ret ? 0 : -ENOMEM;
+}
+
+void sender_decline_ref(Conn *c, const char *from, const WireSenderRef *ref) {
+        const char *from_norm = is_own_name(c, from) ? NULL : from;
+
+        if (is_own_name(c, ref->owner)) {
+                uint8_t id[16];
+                ipcmux_receiver *rx = NULL;
+
+                if (receiver_path_get_id(ref->path, id) >= 0)
+                        rx = hashmap_get(&c->receivers, id);
+                if (rx && !rx->dropped) {
+                        (void) lifecycle_decline(rx->lc, NULL, from_norm, ref->token);
+                        if (receiver_is_disconnected(rx))
+                                conn_notify(c);
+                }
+                return;
+        }
+        if (!from_norm) {
+                /* Our own copy: withdraw it at the owner. */
+                decline_own_copy(c, ref);
+                return;
+        }
+        sd_bus_message *m = NULL;
+        if (conn_new_call(c, ref->owner, ref->path, IPCMUX_INTERFACE_SUBCHANNEL, "Decline", &m) < 0)
+                return;
+        if (sd_bus_message_append(m, "st", from, ref->token) < 0) {
+                sd_bus_message_unref(m);
+                return;
+        }
+        (void) conn_send_ctrl(c, m);
+}
+
+_public_ ipcmux_sender *ipcmux_sender_ref(ipcmux_sender *s) {
+        if (s)
+                __atomic_add_fetch(&s->n_ref, 1, __ATOMIC_RELAXED);
+        return s;
+}
+
+static bool endpoint_drained(void *userdata) {
+        Endpoint *ep = userdata;
+
+        return ep->closed || ep->conn->error < 0 ||
+                (list_is_empty(&ep->queue) && !conn_output_pending(ep->conn));
+}
+
+static void sender_destroy_locked(ipcmux_sender *s) {
+        Endpoint *ep = s->ep;
+        Conn *c = ep->conn;
+
+        if (ep->local) {
+                if (ep->rx && !ep->closed) {
+                        (void) lifecycle_release_local(ep->rx->lc);
+                        if (receiver_is_disconnected(ep->rx))
+                                conn_notify(c);
+                }
+        } else if (!ep->closed && c->error >= 0) {
+                if (list_is_empty(&ep->queue)) {
+                        if (send_release(ep, 1) < 0)
+                                log_debug("ipcmux: release to %s%s failed", ep->dest, ep->path);
+                } else {
+                        ep->pending_releases++;
+                        endpoint_mark_ready(ep);
+                }
+                (void) conn_flush(c);
+                /* What was sent, then the release, must reach the bus before
+                 * the application may exit; skipped inside callbacks. */
+                if (!c->processing && c->depth == 1)
+                        (void) conn_wait(c, endpoint_drained, ep, now_usec() + RELEASE_FLUSH_TIMEOUT_USEC);
+        }
+        endpoint_unref(ep);
+        free(s);
+}
+
+_public_ ipcmux_sender *ipcmux_sender_unref(ipcmux_sender *s) {
+        Conn *c;
+
+        if (!s || __atomic_sub_fetch(&s->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
+                return NULL;
+
+        c = conn_ref(s->ep->conn);
+        if (conn_enter(c) < 0) {
+                conn_unref(c);
+                return NULL;    /* forked child: the parent's state, leave it */
+        }
+        sender_destroy_locked(s);
+        conn_unlock(c);
+        conn_unref(c);
+        return NULL;
+}
+
+_public_ const char *ipcmux_sender_get_path(ipcmux_sender *s) {
+        return s ? s->ep->path : NULL;
+}
+
+_public_ const char *ipcmux_sender_get_destination(ipcmux_sender *s) {
+        if (!s)
+                return NULL;
+        return s->ep->local ? s->ep->conn->unique_name : s->ep->dest;
+}
