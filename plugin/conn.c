@@ -113,7 +113,7 @@ int conn_enter(Conn *c) {
 }
 
 /* Release the lock entirely around a blocking syscall; returns the depth to restore. */
-static unsigned lock_suspend(Conn *c) {
+unsigned conn_lock_suspend(Conn *c) {
         unsigned d = c->depth;
 
         c->depth = 0;
@@ -122,7 +122,7 @@ static unsigned lock_suspend(Conn *c) {
         return d;
 }
 
-static void lock_resume(Conn *c, unsigned d) {
+void conn_lock_resume(Conn *c, unsigned d) {
         pthread_mutex_lock(&c->mutex);
         __atomic_store_n(&c->owner, pthread_self(), __ATOMIC_RELAXED);
         c->depth = d;
@@ -228,6 +228,7 @@ static void conn_free(Conn *c) {
                         }
                 }
                 peers_free_all(c);
+                conn_detach_event(c);
                 c->root_slot = sd_bus_slot_unref(c->root_slot);
                 conn_unlock(c);
         }
@@ -245,8 +246,10 @@ static void conn_free(Conn *c) {
         hashmap_deinit(&c->receivers);
         hashmap_deinit(&c->endpoints);
         hashmap_deinit(&c->peers);
+        hashmap_deinit(&c->listeners);
         wire_call_done(&c->scratch);
         safe_close(c->wake_fd);
+        safe_close(c->epoll_fd);
         pthread_cond_destroy(&c->cond);
         pthread_mutex_destroy(&c->mutex);
         free(c->unique_name);
@@ -274,6 +277,9 @@ Conn *conn_unref(Conn *c) {
 static int root_method_closed(sd_bus_message *m, void *userdata, sd_bus_error *error);
 static int root_method_credit(sd_bus_message *m, void *userdata, sd_bus_error *error);
 static int root_method_sync(sd_bus_message *m, void *userdata, sd_bus_error *error);
+static int root_method_connect(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return listener_method_connect(m, userdata, error);
+}
 static int root_prop_version(sd_bus *bus, const char *path, const char *iface, const char *prop,
                              sd_bus_message *reply, void *userdata, sd_bus_error *error);
 static int root_prop_count(sd_bus *bus, const char *path, const char *iface, const char *prop,
@@ -287,6 +293,8 @@ static const sd_bus_vtable root_vtable[] = {
                                  "", , root_method_credit,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD("Sync", "", "", root_method_sync, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_NAMES("Connect", "s", SD_BUS_PARAM(listener), "o", SD_BUS_PARAM(path),
+                                 root_method_connect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("Version", "s", root_prop_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Channels", "u", root_prop_count, offsetof(Conn, n_channels), 0),
         SD_BUS_PROPERTY("Receivers", "u", root_prop_count, offsetof(Conn, receivers.n_entries), 0),
@@ -309,9 +317,13 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         list_init(&c->channels);
         list_init(&c->ctrlq);
         list_init(&c->ready);
+        list_init(&c->handled);
+        list_init(&c->handler_ready);
+        c->epoll_fd = -1;
         hashmap_init(&c->receivers, &hash_ops_id128);
         hashmap_init(&c->endpoints, &hash_ops_string);
         hashmap_init(&c->peers, &hash_ops_string);
+        hashmap_init(&c->listeners, &hash_ops_string);
         c->is_default = is_default;
         c->spill_threshold = DEFAULT_SPILL_THRESHOLD;
 
@@ -369,6 +381,14 @@ static bool is_connection_error(int r) {
 void conn_notify(Conn *c) {
         pthread_cond_broadcast(&c->cond);
         if (c->polling) {
+                uint64_t one = 1;
+                (void) !write(c->wake_fd, &one, sizeof(one));
+        }
+}
+
+void conn_wake(Conn *c) {
+        pthread_cond_broadcast(&c->cond);
+        if (c->polling || c->driven) {
                 uint64_t one = 1;
                 (void) !write(c->wake_fd, &one, sizeof(one));
         }
@@ -516,6 +536,8 @@ static int process_one(Conn *c) {
         c->processing++;
         r = sd_bus_process(c->bus, NULL);
         c->processing--;
+        /* One sd_bus_process() dispatches one message: forget it. */
+        c->last_gone_call = NULL;
         if (r < 0) {
                 if (r == -EBUSY)
                         return 0;
@@ -542,12 +564,31 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
                 if (r < 0)
                         return r;
                 (void) conn_flush(c);
+                if (!list_is_empty(&c->handler_ready))
+                        (void) receivers_run_handlers(c);
                 if (r == 0)
                         break;
                 if (ready && ready(userdata))
                         break;
         }
         return 0;
+}
+
+int conn_process(Conn *c) {
+        uint64_t v;
+        int r, n;
+
+        if (c->error < 0)
+                return -ECONNRESET;
+        (void) !read(c->wake_fd, &v, sizeof(v));
+        if (c->processing)
+                return 0;
+        r = process_one(c);
+        if (r < 0)
+                return r;
+        (void) conn_flush(c);
+        n = receivers_run_handlers(c);
+        return r > 0 || n > 0;
 }
 
 int conn_dispatch_pending(Conn *c) {
@@ -590,9 +631,9 @@ static void poll_bus(Conn *c, uint64_t deadline) {
         }
 
         c->polling = true;
-        depth = lock_suspend(c);
+        depth = conn_lock_suspend(c);
         (void) ppoll(p, 2, tsp, NULL);
-        lock_resume(c, depth);
+        conn_lock_resume(c, depth);
         c->polling = false;
 
         if (p[1].revents & POLLIN) {

@@ -65,6 +65,19 @@ struct Conn {
         HashMap receivers;              /* id (16 bytes) -> ipcmux_receiver */
         HashMap endpoints;              /* "dest/path" -> Endpoint (remote only) */
         HashMap peers;                  /* unique name -> Peer */
+        HashMap listeners;              /* name -> ipcmux_listener */
+
+        List handled;                   /* receivers with a handler */
+        List handler_ready;             /* receivers with handler calls due */
+        bool in_handlers;               /* one thread delivers handler calls at a time */
+
+        /* External drivers (an event loop) see one fd: an epoll set of the
+         * bus fd and wake_fd, so a local send can wake them too. */
+        int epoll_fd;
+        uint32_t epoll_bus_events;
+        bool driven;                    /* an event loop is attached (at most one) */
+        struct sd_event *event;
+        struct sd_event_source *event_io, *event_time;
 
         List ctrlq;                     /* CtrlItem: control messages, sent first */
         List ready;                     /* Endpoints with queued frames */
@@ -99,6 +112,8 @@ int conn_enter(Conn *c);
 
 /* Something a waiter may be waiting for happened. */
 void conn_notify(Conn *c);
+/* Make the poller or the attached event loop come round (handler work is due). */
+void conn_wake(Conn *c);
 
 /*
  * Wait (dispatching the connection) until @ready(@userdata) returns true or
@@ -109,6 +124,8 @@ void conn_notify(Conn *c);
  */
 int conn_wait(Conn *c, bool (*ready)(void *userdata), void *userdata, uint64_t deadline);
 
+/* One step for an external loop: >0 if it did work (call again). */
+int conn_process(Conn *c);
 /* Non-blocking: process what is readable now and flush what can be written. */
 int conn_dispatch_pending(Conn *c);
 
@@ -130,8 +147,18 @@ int conn_new_call(Conn *c, const char *dest, const char *path, const char *iface
  */
 int conn_call(Conn *c, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message **ret_reply);
 
+struct ipcmux_listener *listener_find(Conn *c, const char *name);
+int listener_method_connect(sd_bus_message *m, Conn *c, sd_bus_error *error);
+
+/* Remove the sd-event sources of ipcmux_channel_attach_event(). */
+void conn_detach_event(Conn *c);
+
 /* Connection lost: record it and wake everybody. */
 void conn_fail(Conn *c, int error);
+
+/* Release the lock entirely around user code or a blocking syscall. */
+unsigned conn_lock_suspend(Conn *c);
+void conn_lock_resume(Conn *c, unsigned depth);
 
 uint64_t now_usec(void);
 uint64_t random_u64(void);

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 
+#include "conn.h"
 #include "endpoint.h"
 #include "macro.h"
 #include "message.h"
@@ -33,10 +34,44 @@ _public_ ipcmux_message *ipcmux_message_ref(ipcmux_message *m) {
         return m;
 }
 
+/* Drop the borrowed bus message (each of its references is also one on the
+ * sd_bus, whose counter is not atomic): only under the connection's lock. */
+static void message_drop_borrowed_bus(ipcmux_message *m) {
+        Conn *c = m->borrowed_conn;
+
+        if (!m->borrowed_bus)
+                return;
+        if (!conn_forked(c)) {
+                conn_lock(c);
+                m->borrowed_bus = sd_bus_message_unref(m->borrowed_bus);
+                conn_unlock(c);
+        }
+        m->borrowed_bus = NULL;
+        m->borrowed_conn = conn_unref(c);
+}
+
+int message_set_sender(ipcmux_message *m, const char *sender) {
+        size_t n = strlen(sender);
+
+        if (n < sizeof(m->sender_buf)) {
+                memcpy(m->sender_buf, sender, n + 1);
+                m->sender = m->sender_buf;
+                return 0;
+        }
+        m->sender = strdup(sender);
+        return m->sender ? 0 : -ENOMEM;
+}
+
+_public_ const char *ipcmux_message_get_sender(ipcmux_message *m) {
+        return m ? m->sender : NULL;
+}
+
 static void message_free(ipcmux_message *m) {
+        if (m->sender != m->sender_buf)
+                free(m->sender);
         if (!m->borrowed_bus && !m->borrowed_region)
                 free(m->data);
-        sd_bus_message_unref(m->borrowed_bus);
+        message_drop_borrowed_bus(m);
         ipcmux_shmem_unref(m->borrowed_region);
         for (size_t i = 0; i < m->n_shmems; i++)
                 ipcmux_shmem_unref(m->shmems[i]);
@@ -66,7 +101,7 @@ static int message_own_payload(ipcmux_message *m, size_t need) {
                         memcpy(p, m->data, m->size);
                 m->data = p;
                 m->allocated = MAX(need, (size_t) 64);
-                m->borrowed_bus = sd_bus_message_unref(m->borrowed_bus);
+                message_drop_borrowed_bus(m);
                 m->borrowed_region = ipcmux_shmem_unref(m->borrowed_region);
                 return 0;
         }

@@ -19,6 +19,9 @@ struct ipcmux_message {
         uint8_t *data;                  /* owned buffer, or borrowed (below) */
         size_t size, allocated;
         sd_bus_message *borrowed_bus;   /* data points into this bus message */
+        struct Conn *borrowed_conn;     /* its connection: sd-bus refcounts are not
+                                         * atomic, so the bus message is dropped
+                                         * under the connection's lock */
         ipcmux_shmem *borrowed_region;  /* or into this spilled payload region */
 
         ipcmux_shmem **shmems;          /* NULL entries: taken */
@@ -28,6 +31,8 @@ struct ipcmux_message {
         ipcmux_sender **senders;        /* NULL entries: taken */
         size_t n_senders, allocated_senders;
 
+        char *sender;                   /* unique name of the sending process, NULL: local */
+        char sender_buf[24];            /* short names live here (no malloc) */
         List qlink;                     /* in a receiver queue */
         uint64_t wire_size;             /* bytes counted for flow control */
         /* Receive-side quota accounting while queued (see receiver.c). */
@@ -37,6 +42,7 @@ struct ipcmux_message {
 };
 
 int message_new(ipcmux_message **ret);
+int message_set_sender(ipcmux_message *m, const char *sender);
 /* Take @fd (owned) as attachment. */
 int message_push_fd(ipcmux_message *m, int fd);
 /* Take a reference of @s as attachment. */

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 
+#include "channel.h"
 #include "endpoint.h"
 #include "log.h"
 #include "macro.h"
@@ -42,7 +43,7 @@ static int on_sync_reply(sd_bus_message *m, void *userdata, sd_bus_error *error)
 
                 lifecycle_drop_orphans(rx->lc, s->name, s->gen);
         }
-        conn_notify(c);
+        receivers_changed_all(c);
         return 0;
 }
 
@@ -113,7 +114,7 @@ static void peer_gone(Peer *p) {
                 if (needed)
                         send_sync(c, q->name, gen);
         }
-        conn_notify(c);
+        receivers_changed_all(c);
 }
 
 static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -233,4 +234,96 @@ void peers_free_all(Conn *c) {
                 peer_free(v);
                 i = 0;
         }
+}
+
+/* GetConnectionCredentials, once per peer (cached until the peer goes). */
+static int fetch_creds(Conn *c, const char *name, uint32_t *uid, uint32_t *pid) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                           "org.freedesktop.DBus", "GetConnectionCredentials");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_basic(m, 's', name);
+        if (r < 0)
+                return r;
+        r = conn_call(c, m, 0, &reply);
+        if (r < 0)
+                return r;
+        if (sd_bus_message_is_method_error(reply, NULL))
+                return -ESRCH;
+        r = sd_bus_message_enter_container(reply, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
+                const char *key;
+
+                r = sd_bus_message_read_basic(reply, 's', &key);
+                if (r < 0)
+                        return r;
+                if (strcmp(key, "UnixUserID") == 0)
+                        r = sd_bus_message_read(reply, "v", "u", uid);
+                else if (strcmp(key, "ProcessID") == 0)
+                        r = sd_bus_message_read(reply, "v", "u", pid);
+                else
+                        r = sd_bus_message_skip(reply, "v");
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        return r;
+        }
+        return r < 0 ? r : 0;
+}
+
+_public_ int ipcmux_channel_get_peer_creds(ipcmux_channel *ch, const char *unique_name, uid_t *ret_uid, pid_t *ret_pid) {
+        Conn *c;
+        Peer *p;
+        int r;
+
+        assert_return(ch, -EINVAL);
+        assert_return(unique_name && unique_name[0] == ':', -EINVAL);
+
+        c = conn_ref(ch->conn);
+        r = conn_enter(c);
+        if (r < 0) {
+                conn_unref(c);
+                return r;
+        }
+        r = peer_watch(c, unique_name, &p);
+        if (r >= 0 && !p) {
+                /* Ourselves. */
+                if (ret_uid)
+                        *ret_uid = getuid();
+                if (ret_pid)
+                        *ret_pid = getpid();
+                r = 0;
+        } else if (r >= 0) {
+                uint32_t uid = 0, pid = 0;
+
+                if (p->gone)
+                        r = -ESRCH;
+                else if (!p->creds_known) {
+                        /* The call dispatches: the peer may go meanwhile, look it up again. */
+                        r = fetch_creds(c, unique_name, &uid, &pid);
+                        p = peer_find(c, unique_name);
+                        if (r >= 0 && (!p || p->gone))
+                                r = -ESRCH;
+                        if (r >= 0) {
+                                p->uid = uid;
+                                p->pid = pid;
+                                p->creds_known = true;
+                        }
+                }
+                if (r >= 0) {
+                        if (ret_uid)
+                                *ret_uid = (uid_t) p->uid;
+                        if (ret_pid)
+                                *ret_pid = (pid_t) p->pid;
+                }
+        }
+        conn_unlock(c);
+        conn_unref(c);
+        return r;
 }

@@ -26,6 +26,8 @@ struct Peer {
         sd_bus_slot *match_slot;
         sd_bus_slot *check_slot;
         List endpoints;         /* Endpoint.peer_link */
+        bool creds_known;
+        uint32_t uid, pid;
         List graveyard_link;
 };
 

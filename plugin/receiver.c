@@ -8,6 +8,7 @@
  * refused as a whole (error reply, its fds closed), never half-delivered.
  */
 
+#include <assert.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 
@@ -95,6 +96,8 @@ int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret) {
                 return -ENOMEM;
         rx->n_ref = 1;
         list_init(&rx->queue);
+        list_init(&rx->handled_link);
+        list_init(&rx->ready_link);
         hashmap_init(&rx->rxpeers, &hash_ops_string);
         random_id128(rx->id);
         id128_to_hex(rx->id, hex);
@@ -144,7 +147,12 @@ static void tell_closed(const char *peer, void *userdata) {
 
 static void message_release_accounting(ipcmux_message *m);
 
-static void receiver_free_locked(ipcmux_receiver *rx) {
+/*
+ * The application let go of the receiver: the object disappears from the
+ * bus, every holder is told, and what was never received is released.  The
+ * memory stays while a handler call still runs on it (internal refs).
+ */
+static void receiver_drop_locked(ipcmux_receiver *rx) {
         Conn *c = rx->conn;
         ipcmux_message *m, *tmp;
         RxPeer *p;
@@ -152,6 +160,11 @@ static void receiver_free_locked(ipcmux_receiver *rx) {
         void *v;
 
         rx->dropped = true;
+        rx->handler = NULL;
+        if (list_is_linked(&rx->handled_link))
+                list_unlink(&rx->handled_link);
+        if (list_is_linked(&rx->ready_link))
+                list_unlink(&rx->ready_link);
         hashmap_remove(&c->receivers, rx->id);
         rx->channel->n_receivers--;
 
@@ -174,6 +187,7 @@ static void receiver_free_locked(ipcmux_receiver *rx) {
                 ipcmux_message_unref(m);
         }
         rx->n_queued = 0;
+        rx->queued_bytes = 0;
 
         while (hashmap_iterate(&rx->rxpeers, &i, &v)) {
                 p = v;
@@ -181,11 +195,25 @@ static void receiver_free_locked(ipcmux_receiver *rx) {
                 rxpeer_unref(p);
         }
         hashmap_deinit(&rx->rxpeers);
-        lifecycle_free(rx->lc);
         conn_notify(c);
+}
+
+ipcmux_receiver *receiver_ref(ipcmux_receiver *rx) {
+        rx->n_ref++;
+        return rx;
+}
+
+void receiver_unref_locked(ipcmux_receiver *rx) {
+        Conn *c = rx->conn;
+
+        if (--rx->n_ref > 0)
+                return;
+        assert(rx->dropped);
+        lifecycle_free(rx->lc);
         ipcmux_channel_unref(rx->channel);
         free(rx->path);
         free(rx);
+        conn_unref(c);  /* the receiver's reference */
 }
 
 _public_ ipcmux_receiver *ipcmux_receiver_unref(ipcmux_receiver *rx) {
@@ -193,15 +221,18 @@ _public_ ipcmux_receiver *ipcmux_receiver_unref(ipcmux_receiver *rx) {
 
         if (!rx)
                 return NULL;
-        c = rx->conn;
-        if (conn_enter(c) < 0)
+        c = conn_ref(rx->conn);
+        if (conn_enter(c) < 0) {
+                conn_unref(c);
                 return NULL;
-        if (--rx->n_ref == 0) {
-                receiver_free_locked(rx);
+        }
+        if (!rx->dropped) {
+                receiver_drop_locked(rx);
                 (void) conn_flush(c);
+                receiver_unref_locked(rx);
         }
         conn_unlock(c);
-        conn_unref(c);  /* the receiver's reference */
+        conn_unref(c);
         return NULL;
 }
 
@@ -223,7 +254,35 @@ void receiver_enqueue(ipcmux_receiver *rx, ipcmux_message *m) {
         rx->n_queued++;
         rx->queued_bytes += m->size;
         rx->n_received++;
-        conn_notify(rx->conn);
+        receiver_changed(rx);
+}
+
+static bool handler_due(ipcmux_receiver *rx) {
+        return rx->handler && !rx->dropped &&
+                (rx->n_queued > 0 || (!rx->eof_delivered && !lifecycle_is_connected(rx->lc)));
+}
+
+void receiver_changed(ipcmux_receiver *rx) {
+        Conn *c = rx->conn;
+
+        if (handler_due(rx) && !list_is_linked(&rx->ready_link)) {
+                list_append(&c->handler_ready, &rx->ready_link);
+                conn_wake(c);
+                return;
+        }
+        conn_notify(c);
+}
+
+void receivers_changed_all(Conn *c) {
+        ipcmux_receiver *rx;
+
+        list_for_each_entry(rx, &c->handled, handled_link)
+                if (handler_due(rx) && !list_is_linked(&rx->ready_link))
+                        list_append(&c->handler_ready, &rx->ready_link);
+        if (!list_is_empty(&c->handler_ready))
+                conn_wake(c);
+        else
+                conn_notify(c);
 }
 
 static ipcmux_message *receiver_pop(ipcmux_receiver *rx) {
@@ -260,6 +319,11 @@ _public_ int ipcmux_receiver_try_recv_timeout(ipcmux_receiver *rx, uint64_t time
         r = conn_enter(c);
         if (r < 0)
                 return r;
+        if (rx->handler || rx->dropped) {
+                /* Messages go to the handler; a dropped receiver is a use after free. */
+                conn_unlock(c);
+                return -EBUSY;
+        }
 
         if (timeout_usec == UINT64_MAX)
                 deadline = UINT64_MAX;
@@ -291,6 +355,133 @@ _public_ int ipcmux_receiver_try_recv(ipcmux_receiver *rx, ipcmux_message **ret)
 
 _public_ const char *ipcmux_receiver_get_path(ipcmux_receiver *rx) {
         return rx ? rx->path : NULL;
+}
+
+/* Handler calls delivered per receiver per round, so one busy subchannel
+ * cannot starve the others. */
+#define HANDLER_BUDGET 64
+
+int receivers_run_handlers(Conn *c) {
+        ipcmux_receiver *rx;
+        int n = 0;
+
+        /* Only at the top level of a public call (never inside sd-bus
+         * callbacks), and one thread at a time keeps per-receiver order. */
+        if (c->in_handlers || c->processing || c->depth != 1)
+                return 0;
+        c->in_handlers = true;
+        while ((rx = list_first_entry(&c->handler_ready, ipcmux_receiver, ready_link))) {
+                list_unlink(&rx->ready_link);
+                receiver_ref(rx);
+                for (unsigned k = 0; k < HANDLER_BUDGET && handler_due(rx); k++) {
+                        ipcmux_receive_handler_t h = rx->handler;
+                        void *userdata = rx->userdata;
+                        ipcmux_message *m = NULL;
+                        unsigned depth;
+                        int error = 0;
+
+                        if (rx->n_queued > 0)
+                                m = receiver_pop(rx);
+                        else {
+                                rx->eof_delivered = true;
+                                error = -EPIPE;
+                        }
+                        /* The handler runs without the lock: it may send,
+                         * block, or drop anything, this receiver included. */
+                        depth = conn_lock_suspend(c);
+                        h(rx, m, error, userdata);
+                        ipcmux_message_unref(m);
+                        conn_lock_resume(c, depth);
+                        n++;
+                }
+                if (handler_due(rx) && !list_is_linked(&rx->ready_link))
+                        list_append(&c->handler_ready, &rx->ready_link);
+                receiver_unref_locked(rx);
+        }
+        c->in_handlers = false;
+        return n;
+}
+
+_public_ int ipcmux_receiver_set_handler(ipcmux_receiver *rx, ipcmux_receive_handler_t handler, void *userdata) {
+        Conn *c;
+        int r;
+
+        assert_return(rx, -EINVAL);
+
+        c = rx->conn;
+        r = conn_enter(c);
+        if (r < 0)
+                return r;
+        if (rx->dropped)
+                r = -EPIPE;
+        else {
+                rx->handler = handler;
+                rx->userdata = userdata;
+                if (handler && !list_is_linked(&rx->handled_link))
+                        list_append(&c->handled, &rx->handled_link);
+                else if (!handler && list_is_linked(&rx->handled_link)) {
+                        list_unlink(&rx->handled_link);
+                        if (list_is_linked(&rx->ready_link))
+                                list_unlink(&rx->ready_link);
+                }
+                /* Messages queued before the handler was set go to it first. */
+                receiver_changed(rx);
+        }
+        conn_unlock(c);
+        return r;
+}
+
+typedef struct SelectState {
+        ipcmux_receiver *const *rxs;
+        size_t n;
+        size_t found;
+} SelectState;
+
+static bool select_ready(void *userdata) {
+        SelectState *st = userdata;
+
+        for (size_t i = 0; i < st->n; i++)
+                if (receiver_ready(st->rxs[i])) {
+                        st->found = i;
+                        return true;
+                }
+        return false;
+}
+
+_public_ int ipcmux_receiver_select(ipcmux_receiver *const *rxs, size_t n, uint64_t timeout_usec, size_t *ret_index) {
+        SelectState st = { .rxs = rxs, .n = n };
+        uint64_t deadline;
+        Conn *c;
+        int r;
+
+        assert_return(rxs || n == 0, -EINVAL);
+        assert_return(n > 0, -EINVAL);
+        assert_return(ret_index, -EINVAL);
+        for (size_t i = 0; i < n; i++) {
+                assert_return(rxs[i], -EINVAL);
+                assert_return(rxs[i]->conn == rxs[0]->conn, -EXDEV);
+        }
+
+        c = rxs[0]->conn;
+        r = conn_enter(c);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++)
+                if (rxs[i]->dropped || rxs[i]->handler) {
+                        conn_unlock(c);
+                        return -EINVAL;
+                }
+        if (timeout_usec == UINT64_MAX)
+                deadline = UINT64_MAX;
+        else {
+                uint64_t now = now_usec();
+                deadline = timeout_usec > UINT64_MAX - now ? UINT64_MAX - 1 : now + timeout_usec;
+        }
+        r = conn_wait(c, select_ready, &st, deadline);
+        if (r >= 0)
+                *ret_index = st.found;
+        conn_unlock(c);
+        return r;
 }
 
 /* ---- peers --------------------------------------------------------------- */
@@ -341,6 +532,7 @@ void receivers_fail_all(Conn *c) {
                 free(names);
                 lifecycle_clear(rx->lc);
         }
+        receivers_changed_all(c);
 }
 
 /* ---- org.ipcmux.Subchannel1 ---------------------------------------------- */
@@ -378,6 +570,9 @@ static int build_messages(ipcmux_receiver *rx, sd_bus_message *call, const char 
                 if (r < 0)
                         return r;
                 m = msgs[i];
+                r = message_set_sender(m, sender);
+                if (r < 0)
+                        return r;
 
                 if (f->flags & WIRE_FRAME_SPILLED) {
                         const WireRegion *reg = &w->regions[f->regions_at];
@@ -391,11 +586,19 @@ static int build_messages(ipcmux_receiver *rx, sd_bus_message *call, const char 
                         m->data = m->borrowed_region->data;
                         m->size = reg->size;
                         first_region = 1;
-                } else if (f->payload_size > 0) {
+                } else if (f->payload_size > 0 && w->n_call_fds == 0) {
                         /* Zero copy: point into the bus message and keep it. */
                         m->borrowed_bus = sd_bus_message_ref(call);
+                        m->borrowed_conn = conn_ref(c);
                         m->data = (uint8_t *) f->payload;
                         m->size = f->payload_size;
+                } else if (f->payload_size > 0) {
+                        /* Keeping a call that carries fds would keep every one
+                         * of them open as long as any of its messages: copy. */
+                        m->data = memdup(f->payload, f->payload_size);
+                        if (!m->data)
+                                return -ENOMEM;
+                        m->size = m->allocated = f->payload_size;
                 }
                 m->wire_size = m->size;
 
@@ -589,8 +792,7 @@ static int method_release(sd_bus_message *call, void *userdata, sd_bus_error *er
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Release call");
         if (!sender || n == 0 || lifecycle_release(rx->lc, sender, n) < 0)
                 return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Caller does not hold that many");
-        if (receiver_is_disconnected(rx))
-                conn_notify(rx->conn);
+        receiver_changed(rx);
         return reply_ok(call);
 }
 
@@ -622,8 +824,10 @@ static int method_sending(sd_bus_message *call, void *userdata, sd_bus_error *er
         r = lifecycle_sending(rx->lc, sender, token, to);
         if (r < 0)
                 return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Caller holds no sender to send");
-        if (to && peer && peer->gone)
+        if (to && peer && peer->gone) {
                 lifecycle_peer_gone(rx->lc, to, ++c->death_gen);
+                receiver_changed(rx);
+        }
         return reply_ok(call);
 }
 
@@ -642,8 +846,7 @@ static int method_claim_or_decline(sd_bus_message *call, ipcmux_receiver *rx, sd
         r = claim ? lifecycle_claim(rx->lc, sender, from, token) : lifecycle_decline(rx->lc, sender, from, token);
         if (r < 0)
                 return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "No such copy in flight to the caller");
-        if (receiver_is_disconnected(rx))
-                conn_notify(c);
+        receiver_changed(rx);
         return reply_ok(call);
 }
 

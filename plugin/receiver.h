@@ -37,6 +37,15 @@ struct ipcmux_receiver {
         uint64_t queued_bytes;
 
         uint64_t n_received, n_refused, n_lost;
+
+        /* Handler mode (ipcmux_receiver_set_handler): messages go to the
+         * handler from whatever drives the connection, instead of waiting
+         * for recv. */
+        ipcmux_receive_handler_t handler;
+        void *userdata;
+        bool eof_delivered;             /* the -EPIPE call was made */
+        List handled_link;              /* conn->handled while a handler is set */
+        List ready_link;                /* conn->handler_ready while work is due */
 };
 
 extern const sd_bus_vtable receiver_vtable[];
@@ -45,6 +54,14 @@ int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret);
 /* Enqueue a delivered message (takes the reference) and wake waiters. */
 void receiver_enqueue(ipcmux_receiver *rx, ipcmux_message *m);
 bool receiver_is_disconnected(ipcmux_receiver *rx);
+/* Something about @rx changed (queue or lifecycle): wake waiters, schedule its handler. */
+void receiver_changed(ipcmux_receiver *rx);
+/* After events touching many receivers (a peer died): re-check every handled one. */
+void receivers_changed_all(Conn *c);
+/* Deliver due handler calls (top level only; the lock is dropped around each call). */
+int receivers_run_handlers(Conn *c);
+ipcmux_receiver *receiver_ref(ipcmux_receiver *rx);
+void receiver_unref_locked(ipcmux_receiver *rx);
 /* A peer vanished (generation @gen): update holds, fds staged by it. */
 void receiver_peer_gone(ipcmux_receiver *rx, const char *name, uint64_t gen);
 void receivers_fail_all(Conn *c);

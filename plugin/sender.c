@@ -870,8 +870,7 @@ void sender_decline_ref(Conn *c, const char *from, const WireSenderRef *ref) {
                         rx = hashmap_get(&c->receivers, id);
                 if (rx && !rx->dropped) {
                         (void) lifecycle_decline(rx->lc, NULL, from_norm, ref->token);
-                        if (receiver_is_disconnected(rx))
-                                conn_notify(c);
+                        receiver_changed(rx);
                 }
                 return;
         }
@@ -910,8 +909,7 @@ static void sender_destroy_locked(ipcmux_sender *s) {
         if (ep->local) {
                 if (ep->rx && !ep->closed) {
                         (void) lifecycle_release_local(ep->rx->lc);
-                        if (receiver_is_disconnected(ep->rx))
-                                conn_notify(c);
+                        receiver_changed(ep->rx);
                 }
         } else if (!ep->closed && c->error >= 0) {
                 if (list_is_empty(&ep->queue)) {

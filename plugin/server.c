@@ -54,7 +54,7 @@ static int on_claimed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 receiver_peer_gone(srv->rx, new, ++srv->conn->death_gen);
         /* From now on the client's hold alone keeps the subchannel open. */
         srv->tx = ipcmux_sender_unref(srv->tx);
-        conn_notify(srv->conn);
+        receiver_changed(srv->rx);
         return 0;
 }
 

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -222,6 +223,103 @@ ipcmux_server *ipcmux_server_unref(ipcmux_server *srv);
 int ipcmux_sender_connect(const char *name, ipcmux_sender **ret); /* from any process on the same bus */
 int ipcmux_sender_connect_for_channel(ipcmux_channel *c, const char *name, ipcmux_sender **ret);
 
+/* ---- listeners: services with many clients -------------------------------- */
+
+typedef struct ipcmux_listener ipcmux_listener;
+
+/*
+ * ipcmux_listener_new() - accept clients until closed (beyond the one-shot
+ * server)
+ * @name: the name clients connect to.  If it is a valid well-known bus name
+ *        ("org.example.Echo"), ipcmux also requests it on the bus
+ *        (-EEXIST if another connection owns it).
+ *
+ * Every client that connects gains a sender for the listener's receiver;
+ * ipcmux_message_get_sender() tells which client sent a message, and
+ * ipcmux_channel_get_peer_creds() its uid and pid.  Unref closes the
+ * listener: clients' sends fail with -EPIPE.
+ */
+int ipcmux_listener_new(ipcmux_channel *c, const char *name, ipcmux_listener **ret);
+/* The listener's receiver (borrowed; recv on it or set a handler). */
+ipcmux_receiver *ipcmux_listener_get_receiver(ipcmux_listener *l);
+/* Clients that connected so far. */
+uint64_t ipcmux_listener_get_n_clients(ipcmux_listener *l);
+ipcmux_listener *ipcmux_listener_unref(ipcmux_listener *l);
+
+/*
+ * ipcmux_sender_connect_service() - client of a listener
+ * @service: bus name of the service (well-known or unique)
+ * @name: listener name, NULL = @service
+ * Return: 0; -ENOENT if the service has no such listener; a bus error
+ * (e.g. -EHOSTUNREACH, -ECONNREFUSED) if the service is not there.
+ */
+int ipcmux_sender_connect_service(ipcmux_channel *c, const char *service, const char *name, ipcmux_sender **ret);
+
+/* ---- handlers and event loops -------------------------------------------- */
+
+/*
+ * ipcmux_receiver_set_handler() - deliver messages to a callback (the C form
+ * of the reference's router)
+ *
+ * The handler runs from whatever drives the connection: an attached loop
+ * (sd-event, GLib, a custom loop calling ipcmux_channel_process()) or any
+ * blocking ipcmux call of any thread.  It is called once per message (@m
+ * borrowed for the call: ipcmux_message_ref() it to keep it; @error 0), and
+ * once with @m NULL and @error -EPIPE when the subchannel is disconnected.
+ * Messages queued before the handler was set are delivered to it first.
+ * Calls for one receiver never overlap and keep FIFO order.
+ *
+ * The handler runs WITHOUT ipcmux's lock: it may send, keep @m, drop this
+ * receiver (no call follows), drop senders or the channel, create
+ * subchannels, set another handler, and even block in recv or accept on
+ * another receiver.  While a handler is set, recv on that receiver returns
+ * -EBUSY.  NULL @handler returns the receiver to recv mode.
+ */
+typedef void (*ipcmux_receive_handler_t)(ipcmux_receiver *r, ipcmux_message *m, int error, void *userdata);
+int ipcmux_receiver_set_handler(ipcmux_receiver *r, ipcmux_receive_handler_t handler, void *userdata);
+
+/*
+ * Wait on several receivers at once (the reference's receiver sets):
+ * returns 0 and the index of a receiver on which recv will not block (a
+ * message is queued, or it is disconnected); -ETIMEDOUT.  All receivers must
+ * be on the same connection (-EXDEV) and have no handler (-EINVAL).
+ */
+int ipcmux_receiver_select(ipcmux_receiver *const *rxs, size_t n, uint64_t timeout_usec, size_t *ret_index);
+
+/*
+ * One driver per connection.  The connection is process-wide (for
+ * ipcmux_channel_new()), so only one event loop may drive it: attaching a
+ * second returns -EBUSY.  Blocking ipcmux calls keep working beside it.
+ */
+int ipcmux_channel_attach_event(ipcmux_channel *c, sd_event *e, int64_t priority);  /* e NULL: default loop */
+int ipcmux_channel_detach_event(ipcmux_channel *c);
+
+/*
+ * Custom loops, with sd-bus's semantics: poll ipcmux_channel_get_fd() for
+ * ipcmux_channel_get_events() (call it before each poll: it also updates
+ * what the fd reports), wake up at the absolute CLOCK_MONOTONIC time of
+ * ipcmux_channel_get_timeout() (0: work is due now, UINT64_MAX: none), then
+ * call ipcmux_channel_process() until it returns 0.  Claim the driver slot
+ * with ipcmux_channel_attach_loop() first (-EBUSY if another loop has it).
+ */
+int ipcmux_channel_attach_loop(ipcmux_channel *c);
+int ipcmux_channel_detach_loop(ipcmux_channel *c);
+int ipcmux_channel_get_fd(ipcmux_channel *c);
+int ipcmux_channel_get_events(ipcmux_channel *c);
+int ipcmux_channel_get_timeout(ipcmux_channel *c, uint64_t *ret_usec);
+int ipcmux_channel_process(ipcmux_channel *c);
+
+/* ---- peers ----------------------------------------------------------------- */
+
+/* Unique bus name of the process that sent @m, or NULL if it came from this process. Borrowed. */
+const char *ipcmux_message_get_sender(ipcmux_message *m);
+/*
+ * Credentials of a peer (by unique name), from the bus (asked once per
+ * peer, then cached; blocks dispatching the connection the first time).
+ * Out-parameters may be NULL.  -ESRCH if the peer is gone.
+ */
+int ipcmux_channel_get_peer_creds(ipcmux_channel *c, const char *unique_name, uid_t *ret_uid, pid_t *ret_pid);
+
 /* ---- log hook ------------------------------------------------------------ */
 
 /*
@@ -246,6 +344,7 @@ _IPCMUX_DEFINE_UNREFP(ipcmux_receiver, ipcmux_receiver_unref);
 _IPCMUX_DEFINE_UNREFP(ipcmux_message, ipcmux_message_unref);
 _IPCMUX_DEFINE_UNREFP(ipcmux_shmem, ipcmux_shmem_unref);
 _IPCMUX_DEFINE_UNREFP(ipcmux_server, ipcmux_server_unref);
+_IPCMUX_DEFINE_UNREFP(ipcmux_listener, ipcmux_listener_unref);
 
 #ifdef __cplusplus
 }
