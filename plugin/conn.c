@@ -277,9 +277,25 @@ Conn *conn_unref(Conn *c) {
 static int root_method_closed(sd_bus_message *m, void *userdata, sd_bus_error *error);
 static int root_method_credit(sd_bus_message *m, void *userdata, sd_bus_error *error);
 static int root_method_sync(sd_bus_message *m, void *userdata, sd_bus_error *error);
+static int root_method_ack(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        const char *sender = sd_bus_message_get_sender(m);
+        uint64_t bytes;
+        Peer *p;
+        int r;
+
+        r = sd_bus_message_read_basic(m, 't', &bytes);
+        if (r < 0)
+                return r;
+        p = sender ? peer_find(userdata, sender) : NULL;
+        if (p)
+                peer_ack(p, bytes);
+        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+}
 static int root_method_connect(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         return listener_method_connect(m, userdata, error);
 }
+static int root_prop_backlog(sd_bus *bus, const char *path, const char *iface, const char *prop,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error);
 static int root_prop_version(sd_bus *bus, const char *path, const char *iface, const char *prop,
                              sd_bus_message *reply, void *userdata, sd_bus_error *error);
 static int root_prop_count(sd_bus *bus, const char *path, const char *iface, const char *prop,
@@ -292,6 +308,8 @@ static const sd_bus_vtable root_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("Credit", "ott", SD_BUS_PARAM(path) SD_BUS_PARAM(messages) SD_BUS_PARAM(bytes),
                                  "", , root_method_credit,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("Ack", "t", SD_BUS_PARAM(bytes), "", , root_method_ack,
+                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD("Sync", "", "", root_method_sync, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Connect", "s", SD_BUS_PARAM(listener), "o", SD_BUS_PARAM(path),
                                  root_method_connect, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -299,6 +317,7 @@ static const sd_bus_vtable root_vtable[] = {
         SD_BUS_PROPERTY("Channels", "u", root_prop_count, offsetof(Conn, n_channels), 0),
         SD_BUS_PROPERTY("Receivers", "u", root_prop_count, offsetof(Conn, receivers.n_entries), 0),
         SD_BUS_PROPERTY("Endpoints", "u", root_prop_count, offsetof(Conn, endpoints.n_entries), 0),
+        SD_BUS_PROPERTY("Backlog", "a(sott)", root_prop_backlog, 0, 0),
         SD_BUS_VTABLE_END,
 };
 
@@ -319,6 +338,7 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         list_init(&c->ready);
         list_init(&c->handled);
         list_init(&c->handler_ready);
+        list_init(&c->unacked);
         c->epoll_fd = -1;
         hashmap_init(&c->receivers, &hash_ops_id128);
         hashmap_init(&c->endpoints, &hash_ops_string);
@@ -528,6 +548,25 @@ int conn_call(Conn *c, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message 
         return 0;
 }
 
+int conn_sync_bus(Conn *c, uint64_t deadline) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        uint64_t target = c->emitted, now = now_usec();
+        int r;
+
+        if (c->synced >= target)
+                return 0;
+        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                           "org.freedesktop.DBus.Peer", "Ping");
+        if (r < 0)
+                return r;
+        r = conn_call(c, m, deadline > now ? deadline - now : 1, &reply);
+        if (r < 0)
+                return r;
+        if (target > c->synced)
+                c->synced = target;
+        return 0;
+}
+
 /* ---- input --------------------------------------------------------------- */
 
 static int process_one(Conn *c) {
@@ -566,8 +605,12 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
                 (void) conn_flush(c);
                 if (!list_is_empty(&c->handler_ready))
                         (void) receivers_run_handlers(c);
-                if (r == 0)
+                if (r == 0) {
+                        /* Idle: acknowledge what arrived, so no sender waits on us. */
+                        peers_ack_all(c);
+                        (void) conn_flush(c);
                         break;
+                }
                 if (ready && ready(userdata))
                         break;
         }
@@ -586,6 +629,8 @@ int conn_process(Conn *c) {
         r = process_one(c);
         if (r < 0)
                 return r;
+        if (r == 0)
+                peers_ack_all(c);
         (void) conn_flush(c);
         n = receivers_run_handlers(c);
         return r > 0 || n > 0;
@@ -755,4 +800,27 @@ static int root_prop_count(sd_bus *bus, const char *path, const char *iface, con
         else
                 v = (uint32_t) *(size_t *) userdata;
         return sd_bus_message_append_basic(reply, 'u', &v);
+}
+
+static int root_prop_backlog(sd_bus *bus, const char *path, const char *iface, const char *prop,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Conn *c = userdata;
+        size_t i = 0;
+        void *v;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "(sott)");
+        if (r < 0)
+                return r;
+        while (hashmap_iterate(&c->endpoints, &i, &v)) {
+                Endpoint *ep = v;
+
+                if (ep->n_queued == 0)
+                        continue;
+                r = sd_bus_message_append(reply, "(sott)", ep->dest, ep->path, (uint64_t) ep->n_queued,
+                                          ep->queued_bytes);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_close_container(reply);
 }

@@ -66,6 +66,7 @@ struct Conn {
         HashMap endpoints;              /* "dest/path" -> Endpoint (remote only) */
         HashMap peers;                  /* unique name -> Peer */
         HashMap listeners;              /* name -> ipcmux_listener */
+        List unacked;                   /* Peers with received bytes not yet acknowledged */
 
         List handled;                   /* receivers with a handler */
         List handler_ready;             /* receivers with handler calls due */
@@ -82,6 +83,8 @@ struct Conn {
         List ctrlq;                     /* CtrlItem: control messages, sent first */
         List ready;                     /* Endpoints with queued frames */
         uint64_t death_gen;             /* bumped per vanished peer (orphan barrier) */
+        uint64_t emitted;               /* Send calls handed to sd-bus so far */
+        uint64_t synced;                /* ...of which the broker has confirmed reading */
         uint64_t spill_threshold;       /* payloads above go into a memfd */
 
         WireCall scratch;               /* decoder buffers, reused under the lock */
@@ -152,6 +155,13 @@ int listener_method_connect(sd_bus_message *m, Conn *c, sd_bus_error *error);
 
 /* Remove the sd-event sources of ipcmux_channel_attach_event(). */
 void conn_detach_event(Conn *c);
+
+/*
+ * Make sure the broker has read everything handed to sd-bus so far (a
+ * round trip to it: it processes our messages in order).  After this, data
+ * already routed survives our process exiting.
+ */
+int conn_sync_bus(Conn *c, uint64_t deadline);
 
 /* Connection lost: record it and wake everybody. */
 void conn_fail(Conn *c, int error);

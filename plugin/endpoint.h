@@ -38,8 +38,19 @@ struct Endpoint {
         uint64_t next_seq;
         List queue;                     /* OutFrame */
         size_t n_queued;
-        uint64_t queued_bytes;
+        uint64_t queued_bytes;          /* cost of queued frames (see frame cost) */
+        uint64_t max_queued_msgs, max_queued_bytes;     /* 0: unbounded */
+
+        /* Credit window (remote only): totals emitted vs totals the receiver
+         * reported consumed (Peer1.Credit).  Cost of a frame = its inline
+         * payload + the declared size of its regions (spill included). */
+        uint64_t sent_msgs, sent_bytes;
+        uint64_t credit_msgs, credit_bytes;
+        uint64_t lost;                  /* frames dropped unsent (flush timeout) */
+        uint64_t last_emit;             /* conn->emitted after our last Send call */
         unsigned pending_releases;      /* Release calls waiting behind the queue */
+        bool pinned;                    /* holds a ref while there is queued output */
+        unsigned n_senders;             /* ipcmux_sender objects on this endpoint */
         List ready_link;                /* in conn->ready while there is output */
         char *oneshot_name;             /* bus name owned to claim a one-shot server */
 };
@@ -59,6 +70,15 @@ Endpoint *endpoint_unref(Endpoint *ep);
 /* The receiver is gone: fail sends, drop what is queued. */
 void endpoint_close(Endpoint *ep);
 void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes);
+/* The peer acknowledged receipt of @bytes (running total) from this process. */
+void peer_ack(Peer *p, uint64_t bytes);
+
+/* Flow-control defaults (per subchannel window, per peer cap). */
+#define WINDOW_MSGS 8192u
+#define WINDOW_BYTES (8u << 20)
+#define PEER_CAP_BYTES (64u << 20)
+/* The receiver acknowledges receipt at least every this many bytes (and when idle). */
+#define ACK_EVERY_BYTES (1u << 20)
 /* Send one call's worth of queued frames (conn_flush calls this). */
 int endpoint_flush_one(Endpoint *ep);
 void endpoints_fail_all(Conn *c);

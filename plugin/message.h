@@ -34,7 +34,8 @@ struct ipcmux_message {
         char *sender;                   /* unique name of the sending process, NULL: local */
         char sender_buf[24];            /* short names live here (no malloc) */
         List qlink;                     /* in a receiver queue */
-        uint64_t wire_size;             /* bytes counted for flow control */
+        uint64_t wire_size;             /* frame cost counted for flow control */
+        bool credit_asked;              /* the sender asked for credit with it */
         /* Receive-side quota accounting while queued (see receiver.c). */
         struct RxPeer *accounted_peer;
         size_t accounted_fds;

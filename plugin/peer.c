@@ -13,6 +13,8 @@
 static void peer_free(Peer *p) {
         Endpoint *ep, *tmp;
 
+        if (list_is_linked(&p->unacked_link))
+                list_unlink(&p->unacked_link);
         list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
                 list_unlink(&ep->peer_link);
                 ep->peer = NULL;
@@ -184,6 +186,7 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
         p->conn = c;
         list_init(&p->endpoints);
         list_init(&p->graveyard_link);
+        list_init(&p->unacked_link);
         p->name = strdup(name);
         if (!p->name) {
                 free(p);
@@ -326,4 +329,38 @@ _public_ int ipcmux_channel_get_peer_creds(ipcmux_channel *ch, const char *uniqu
         conn_unlock(c);
         conn_unref(c);
         return r;
+}
+
+/* ---- receipt acknowledgements (the per-peer cap) -------------------------- */
+
+static void peer_send_ack(Peer *p) {
+        sd_bus_message *m = NULL;
+
+        if (list_is_linked(&p->unacked_link))
+                list_unlink(&p->unacked_link);
+        if (p->gone || p->rx_bytes == p->rx_acked)
+                return;
+        if (conn_new_call(p->conn, p->name, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Ack", &m) < 0)
+                return;
+        if (sd_bus_message_append_basic(m, 't', &p->rx_bytes) < 0) {
+                sd_bus_message_unref(m);
+                return;
+        }
+        p->rx_acked = p->rx_bytes;
+        (void) conn_send_ctrl(p->conn, m);
+}
+
+void peer_received(Peer *p, uint64_t bytes) {
+        p->rx_bytes += bytes;
+        if (p->rx_bytes - p->rx_acked >= ACK_EVERY_BYTES)
+                peer_send_ack(p);
+        else if (!list_is_linked(&p->unacked_link))
+                list_append(&p->conn->unacked, &p->unacked_link);
+}
+
+void peers_ack_all(Conn *c) {
+        Peer *p;
+
+        while ((p = list_first_entry(&c->unacked, Peer, unacked_link)))
+                peer_send_ack(p);
 }

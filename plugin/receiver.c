@@ -35,6 +35,12 @@ struct RxPeer {
         size_t n_staged, allocated_staged;
         size_t fds_held;                /* fds in queued messages from this peer */
         uint64_t region_bytes_held;
+
+        /* Credit: what the application consumed from this peer (running
+         * totals, in frames and frame cost) and what we last reported. */
+        uint64_t consumed_msgs, consumed_bytes;
+        uint64_t credited_msgs, credited_bytes;
+        size_t n_queued;                /* messages from this peer still queued */
 };
 
 static RxPeer *rxpeer_unref(RxPeer *p) {
@@ -145,7 +151,7 @@ static void tell_closed(const char *peer, void *userdata) {
         (void) conn_send_ctrl(rx->conn, m);
 }
 
-static void message_release_accounting(ipcmux_message *m);
+static void message_release_accounting(ipcmux_receiver *rx, ipcmux_message *m, bool consumed);
 
 /*
  * The application let go of the receiver: the object disappears from the
@@ -183,7 +189,7 @@ static void receiver_drop_locked(ipcmux_receiver *rx) {
          * (their holders see Release), regions and fds closed. */
         list_for_each_entry_safe(m, tmp, &rx->queue, qlink) {
                 list_unlink(&m->qlink);
-                message_release_accounting(m);
+                message_release_accounting(rx, m, false);
                 ipcmux_message_unref(m);
         }
         rx->n_queued = 0;
@@ -238,14 +244,46 @@ _public_ ipcmux_receiver *ipcmux_receiver_unref(ipcmux_receiver *rx) {
 
 /* ---- queue --------------------------------------------------------------- */
 
-/* The message leaves the receiver: its fds and regions stop counting against its peer. */
-static void message_release_accounting(ipcmux_message *m) {
+/* Report consumption to the sending process (Peer1.Credit, running totals). */
+static void rxpeer_credit(ipcmux_receiver *rx, RxPeer *p) {
+        sd_bus_message *m = NULL;
+
+        if (p->consumed_msgs == p->credited_msgs && p->consumed_bytes == p->credited_bytes)
+                return;
+        if (conn_new_call(rx->conn, p->name, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Credit", &m) < 0)
+                return;
+        if (sd_bus_message_append(m, "ott", rx->path, p->consumed_msgs, p->consumed_bytes) < 0) {
+                sd_bus_message_unref(m);
+                return;
+        }
+        p->credited_msgs = p->consumed_msgs;
+        p->credited_bytes = p->consumed_bytes;
+        (void) conn_send_ctrl(rx->conn, m);
+}
+
+/* Credit a quarter window at a time, and at once when the sender asked for
+ * it and nothing of its is left queued (it may be stalled on credit). */
+static void rxpeer_consumed(ipcmux_receiver *rx, RxPeer *p, uint64_t cost, bool asked) {
+        p->consumed_msgs++;
+        p->consumed_bytes += cost;
+        if (p->consumed_msgs - p->credited_msgs >= WINDOW_MSGS / 4 ||
+            p->consumed_bytes - p->credited_bytes >= WINDOW_BYTES / 4 ||
+            (asked && p->n_queued == 0))
+                rxpeer_credit(rx, p);
+}
+
+/* The message leaves the receiver: its fds and regions stop counting
+ * against its peer and, when the application took it, credit flows back. */
+static void message_release_accounting(ipcmux_receiver *rx, ipcmux_message *m, bool consumed) {
         RxPeer *p = m->accounted_peer;
 
         if (!p)
                 return;
         p->fds_held -= m->accounted_fds;
         p->region_bytes_held -= m->accounted_region_bytes;
+        p->n_queued--;
+        if (consumed && !rx->dropped && rx->conn->error >= 0)
+                rxpeer_consumed(rx, p, m->wire_size, m->credit_asked);
         m->accounted_peer = rxpeer_unref(p);
 }
 
@@ -293,7 +331,7 @@ static ipcmux_message *receiver_pop(ipcmux_receiver *rx) {
         list_unlink(&m->qlink);
         rx->n_queued--;
         rx->queued_bytes -= m->size;
-        message_release_accounting(m);
+        message_release_accounting(rx, m, true);
         return m;
 }
 
@@ -539,6 +577,7 @@ void receivers_fail_all(Conn *c) {
 
 static int refuse(ipcmux_receiver *rx, sd_bus_error *error, const char *name, const char *text) {
         rx->n_refused++;
+        log_debug("ipcmux: %s: refused a call: %s", rx->path, text);
         return sd_bus_error_set(error, name, text);
 }
 
@@ -673,6 +712,38 @@ static void decline_all(Conn *c, const char *sender, const WireCall *w) {
                 sender_decline_ref(c, sender, &w->senders[i]);
 }
 
+/* A frame's cost in the credit window; the sender computes the same. */
+static uint64_t frame_cost(const WireCall *w, const WireFrame *f) {
+        uint64_t cost = f->payload_size;
+
+        for (unsigned j = 0; j < f->n_regions; j++) {
+                uint64_t size = w->regions[f->regions_at + j].size;
+                cost = size > UINT64_MAX - cost ? UINT64_MAX : cost + size;
+        }
+        return cost;
+}
+
+static uint64_t call_cost(const WireCall *w) {
+        uint64_t cost = 0;
+
+        for (size_t i = 0; i < w->n_frames; i++) {
+                uint64_t f = frame_cost(w, &w->frames[i]);
+                cost = f > UINT64_MAX - cost ? UINT64_MAX : cost + f;
+        }
+        return cost;
+}
+
+/* Frames we refuse never reach the application: credit them at once so the
+ * sender's window does not shrink forever, and keep the sequence. */
+static void refuse_frames(ipcmux_receiver *rx, RxPeer *p, const WireCall *w) {
+        for (size_t i = 0; i < w->n_frames; i++) {
+                p->consumed_msgs++;
+                p->consumed_bytes += frame_cost(w, &w->frames[i]);
+        }
+        p->next_seq = w->first_seq + w->n_frames;
+        rxpeer_credit(rx, p);
+}
+
 static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error) {
         ipcmux_receiver *rx = userdata;
         Conn *c = rx->conn;
@@ -680,6 +751,7 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
         WireCall *w = &c->scratch;
         ipcmux_message *stack_msgs[16], **msgs = stack_msgs;
         _cleanup_free_ ipcmux_message **heap_msgs = NULL;
+        Peer *peer;
         RxPeer *p;
         int r;
 
@@ -692,10 +764,15 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
         p = rxpeer_get(rx, sender);
         if (!p)
                 return -ENOMEM;
+        /* Off the bus now: acknowledge receipt to the sender's per-peer cap. */
+        if (peer_watch(c, sender, &peer) >= 0 && peer)
+                peer_received(peer, call_cost(w));
+
         r = wire_validate(w, p->n_staged);
         if (r < 0) {
                 rxpeer_drop_staged(p);
                 decline_all(c, sender, w);
+                refuse_frames(rx, p, w);
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid frames");
         }
 
@@ -713,6 +790,7 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                         ipcmux_message_unref(msgs[i]);
                 /* Frames whose senders were not yet claimed decline them. */
                 decline_all(c, sender, w);
+                refuse_frames(rx, p, w);
                 if (r == -ENOMEM)
                         return r;
                 log_debug("ipcmux: refusing Send from %s to %s: %s", sender, rx->path, strerror(-r));
@@ -733,12 +811,12 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
         for (size_t i = 0; i < w->n_frames; i++) {
                 ipcmux_message *m = msgs[i];
 
-                if (m->accounted_fds || m->accounted_region_bytes) {
-                        p->fds_held += m->accounted_fds;
-                        p->region_bytes_held += m->accounted_region_bytes;
-                        p->n_ref++;
-                        m->accounted_peer = p;
-                }
+                p->fds_held += m->accounted_fds;
+                p->region_bytes_held += m->accounted_region_bytes;
+                p->n_queued++;
+                p->n_ref++;
+                m->accounted_peer = p;
+                m->credit_asked = w->frames[i].flags & WIRE_FRAME_CREDIT;
                 receiver_enqueue(rx, m);
         }
         return reply_ok(call);
@@ -947,3 +1025,7 @@ const sd_bus_vtable receiver_vtable[] = {
         SD_BUS_PROPERTY("Lost", "t", prop_get, 0, 0),
         SD_BUS_VTABLE_END,
 };
+
+_public_ uint64_t ipcmux_receiver_get_lost(ipcmux_receiver *rx) {
+        return rx ? rx->n_lost : 0;
+}

@@ -10,6 +10,7 @@
  */
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 
 #include "channel.h"
@@ -22,7 +23,7 @@
 #include "shmem.h"
 
 /* Most frames one Send call carries when the link was busy (batching). */
-#define BATCH_MAX_FRAMES 1024u
+#define BATCH_MAX_FRAMES 256u
 /* Re-read the socket at least this often while the application only sends,
  * so Closed notifications (and credit) are seen promptly. */
 #define SEND_DISPATCH_INTERVAL_USEC 20000u
@@ -40,6 +41,7 @@ typedef struct OutFrame {
         unsigned n_fds;
         WireSenderRef *senders;         /* owner and path strdup'ed */
         unsigned n_senders;
+        uint64_t cost;                  /* for the credit window */
 } OutFrame;
 
 static void out_frame_free(OutFrame *f) {
@@ -189,17 +191,31 @@ int endpoint_get_remote(Conn *c, const char *dest, const char *path, Endpoint **
         return 0;
 }
 
-/* Queued frames keep their endpoint alive (one reference while non-empty). */
-static void endpoint_mark_ready(Endpoint *ep) {
-        if (!list_is_linked(&ep->ready_link)) {
-                list_append(&ep->conn->ready, &ep->ready_link);
+/* Queued output (frames, releases) pins its endpoint: one reference while
+ * there is any, independent of whether the window lets it move now. */
+static void endpoint_pin(Endpoint *ep) {
+        if (!ep->pinned) {
+                ep->pinned = true;
                 endpoint_ref(ep);
         }
 }
 
+static bool endpoint_has_output(Endpoint *ep) {
+        return !list_is_empty(&ep->queue) || ep->pending_releases > 0;
+}
+
+/* On conn->ready: it has output that may be able to move. */
+static void endpoint_mark_ready(Endpoint *ep) {
+        endpoint_pin(ep);
+        if (!list_is_linked(&ep->ready_link))
+                list_append(&ep->conn->ready, &ep->ready_link);
+}
+
 static void endpoint_unmark_ready(Endpoint *ep) {
-        if (list_is_linked(&ep->ready_link)) {
+        if (list_is_linked(&ep->ready_link))
                 list_unlink(&ep->ready_link);
+        if (ep->pinned && !endpoint_has_output(ep)) {
+                ep->pinned = false;
                 endpoint_unref(ep);
         }
 }
@@ -245,6 +261,64 @@ void endpoint_close(Endpoint *ep) {
         endpoint_unref(ep);
 }
 
+/* ---- credit window ------------------------------------------------------- */
+
+/* May a frame of @cost leave now?  A lone frame larger than the window
+ * still goes when nothing is in flight. */
+static bool window_allows_after(Endpoint *ep, unsigned n_batch, uint64_t batch_cost, uint64_t cost) {
+        uint64_t msgs = ep->sent_msgs - ep->credit_msgs + n_batch;
+        uint64_t bytes = ep->sent_bytes - ep->credit_bytes + batch_cost;
+        Peer *p = ep->peer;
+
+        if (msgs > 0 && (msgs + 1 > WINDOW_MSGS || bytes + cost > WINDOW_BYTES))
+                return false;
+        if (p) {
+                uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
+                if (in_bus > 0 && in_bus + cost > PEER_CAP_BYTES)
+                        return false;
+        }
+        return true;
+}
+
+static bool window_allows(Endpoint *ep, uint64_t cost) {
+        return window_allows_after(ep, 0, 0, cost);
+}
+
+static void account_sent(Endpoint *ep, unsigned n, uint64_t cost) {
+        ep->sent_msgs += n;
+        ep->sent_bytes += cost;
+        if (ep->peer)
+                ep->peer->tx_bytes += cost;
+}
+
+void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
+        /* Running totals: late or repeated credits change nothing. */
+        if (msgs > ep->sent_msgs || bytes > ep->sent_bytes)
+                return;         /* more than we ever sent: a confused peer */
+        if (msgs > ep->credit_msgs)
+                ep->credit_msgs = msgs;
+        if (bytes > ep->credit_bytes)
+                ep->credit_bytes = bytes;
+        if (!list_is_empty(&ep->queue) || ep->pending_releases > 0) {
+                endpoint_mark_ready(ep);
+                (void) conn_flush(ep->conn);
+        }
+        conn_notify(ep->conn);
+}
+
+void peer_ack(Peer *p, uint64_t bytes) {
+        Endpoint *ep;
+
+        if (bytes <= p->tx_acked || bytes > p->tx_bytes)
+                return;
+        p->tx_acked = bytes;
+        list_for_each_entry(ep, &p->endpoints, peer_link)
+                if (!list_is_empty(&ep->queue))
+                        endpoint_mark_ready(ep);
+        (void) conn_flush(p->conn);
+        conn_notify(p->conn);
+}
+
 void endpoints_fail_all(Conn *c) {
         Endpoint *ep;
         size_t i = 0;
@@ -268,14 +342,6 @@ void endpoints_fail_all(Conn *c) {
         free(all);
 }
 
-void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
-        /* Flow control lands with the credit window (issue 6); the call is
-         * accepted and ignored until then. */
-        (void) ep;
-        (void) msgs;
-        (void) bytes;
-}
-
 /* ---- building calls ------------------------------------------------------ */
 
 typedef struct FrameView {
@@ -292,6 +358,15 @@ typedef struct FrameView {
 
 static unsigned frame_view_fds(const FrameView *v) {
         return v->n_regions + v->n_fds;
+}
+
+/* What a frame weighs in the credit window (the receiver computes the same). */
+static uint64_t frame_view_cost(const FrameView *v) {
+        uint64_t cost = v->payload_size;
+
+        for (unsigned i = 0; i < v->n_regions; i++)
+                cost += v->regions[i]->size;
+        return cost;
 }
 
 /* Send StageFds calls carrying fds [0, n) so that at most WIRE_MAX_FDS_PER_CALL remain. */
@@ -366,8 +441,17 @@ static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
                 return r;
 
         unsigned fd_index = 0;
+        uint64_t in_msgs = ep->sent_msgs - ep->credit_msgs, in_bytes = ep->sent_bytes - ep->credit_bytes;
         for (unsigned i = 0; i < n_views; i++) {
                 const FrameView *v = &views[i];
+                uint32_t flags = v->flags;
+
+                /* Ask for credit on every frame that leaves the window at
+                 * least half full: the last one before a stall always asks. */
+                in_msgs++;
+                in_bytes += frame_view_cost(v);
+                if (in_msgs * 2 >= WINDOW_MSGS || in_bytes * 2 >= WINDOW_BYTES)
+                        flags |= WIRE_FRAME_CREDIT;
                 uint32_t ridx[v->n_regions ? v->n_regions : 1], fidx[v->n_fds ? v->n_fds : 1];
                 uint64_t rsize[v->n_regions ? v->n_regions : 1];
 
@@ -377,7 +461,7 @@ static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
                 }
                 for (unsigned j = 0; j < v->n_fds; j++)
                         fidx[j] = fd_index++;
-                r = wire_append_frame(m, v->flags, v->payload, v->payload_size,
+                r = wire_append_frame(m, flags, v->payload, v->payload_size,
                                       v->n_regions, ridx, rsize, v->n_fds, fidx,
                                       v->n_senders, v->senders);
                 if (r < 0)
@@ -390,6 +474,7 @@ static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
         if (r < 0)
                 return r;
         ep->next_seq += n_views;
+        ep->last_emit = ++c->emitted;
         return 0;
 }
 
@@ -425,34 +510,40 @@ static int send_release(Endpoint *ep, unsigned n) {
 }
 
 int endpoint_flush_one(Endpoint *ep) {
-        FrameView views[64];
-        OutFrame *batch[64];
+        FrameView views[BATCH_MAX_FRAMES];
+        OutFrame *batch[BATCH_MAX_FRAMES];
         unsigned n = 0, fds = 0;
-        size_t bytes = 0;
+        uint64_t bytes = 0, cost = 0;
         OutFrame *f;
         int r = 0;
 
         endpoint_ref(ep);
-        /* Coalesce queued frames into one call within the bus's limits. */
+        /* Coalesce queued frames into one call, within the bus's limits and
+         * the credit window (counting what this batch already takes). */
         list_for_each_entry(f, &ep->queue, link) {
                 unsigned k = f->n_regions + f->n_fds;
 
-                if (n == ELEMENTSOF(batch) || n == BATCH_MAX_FRAMES)
+                if (n == BATCH_MAX_FRAMES)
                         break;
                 if (n > 0 && (fds + k > WIRE_MAX_FDS_PER_CALL || bytes + f->payload_size > WIRE_MAX_INLINE_BYTES))
+                        break;
+                if (!window_allows_after(ep, n, cost, f->cost))
                         break;
                 frame_view_from_out(&views[n], f);
                 batch[n++] = f;
                 fds += k;
                 bytes += f->payload_size;
+                cost += f->cost;
         }
         if (n > 0) {
                 r = emit_frames(ep, views, n);
                 if (r < 0)
                         log_debug("ipcmux: sending to %s%s failed: %s", ep->dest, ep->path, strerror(-r));
+                else
+                        account_sent(ep, n, cost);
                 for (unsigned i = 0; i < n; i++) {
                         ep->n_queued--;
-                        ep->queued_bytes -= batch[i]->payload_size;
+                        ep->queued_bytes -= batch[i]->cost;
                         list_unlink(&batch[i]->link);
                         if (r < 0)
                                 cancel_frame_transfers(ep->conn, batch[i]);
@@ -465,6 +556,9 @@ int endpoint_flush_one(Endpoint *ep) {
                         ep->pending_releases = 0;
                 }
                 endpoint_unmark_ready(ep);
+        } else if (n == 0) {
+                /* Out of credit: off the ready list until Credit or Ack. */
+                list_unlink(&ep->ready_link);
         } else {
                 /* Round robin: let the other endpoints have the next call. */
                 list_unlink(&ep->ready_link);
@@ -651,14 +745,19 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
                 return r;
         v.senders = refs;
 
-        /* Direct path: nothing queued ahead, the socket takes it now. */
-        if (list_is_empty(&ep->queue) && list_is_empty(&c->ctrlq) && frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL) {
+        uint64_t cost = frame_view_cost(&v);
+
+        /* Direct path: nothing queued ahead, credit left, the socket takes it now. */
+        if (list_is_empty(&ep->queue) && list_is_empty(&c->ctrlq) && frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL &&
+            window_allows(ep, cost)) {
                 uint64_t n = 0;
 
                 if (sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0) {
                         r = emit_frames(ep, &v, 1);
-                        if (r >= 0)
+                        if (r >= 0) {
+                                account_sent(ep, 1, cost);
                                 return 0;
+                        }
                         if (IN_SET(r, -ECONNRESET, -ENOTCONN)) {
                                 conn_fail(c, r);
                                 return -ECONNRESET;
@@ -667,13 +766,23 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
                 }
         }
 
+        /* The optional bound on the backlog: refuse rather than grow. */
+        if ((ep->max_queued_msgs && ep->n_queued + 1 > ep->max_queued_msgs) ||
+            (ep->max_queued_bytes && ep->n_queued > 0 && ep->queued_bytes + cost > ep->max_queued_bytes)) {
+                /* The copies just registered in flight will never leave. */
+                for (unsigned i = 0; i < v.n_senders; i++)
+                        sender_decline_ref(c, c->unique_name, &refs[i]);
+                return -ENOBUFS;
+        }
+
         OutFrame *f;
         r = out_frame_new(&v, &f);
         if (r < 0)
                 return r;
+        f->cost = cost;
         list_append(&ep->queue, &f->link);
         ep->n_queued++;
-        ep->queued_bytes += f->payload_size;
+        ep->queued_bytes += cost;
         endpoint_mark_ready(ep);
         return conn_flush(c);
 }
@@ -785,6 +894,7 @@ static ipcmux_sender *sender_wrap(Endpoint *ep) {
                 return NULL;
         s->n_ref = 1;
         s->ep = endpoint_ref(ep);
+        ep->n_senders++;
         return s;
 }
 
@@ -897,9 +1007,45 @@ _public_ ipcmux_sender *ipcmux_sender_ref(ipcmux_sender *s) {
 
 static bool endpoint_drained(void *userdata) {
         Endpoint *ep = userdata;
+        Conn *c = ep->conn;
+        uint64_t n = 0;
 
-        return ep->closed || ep->conn->error < 0 ||
-                (list_is_empty(&ep->queue) && !conn_output_pending(ep->conn));
+        if (ep->closed || c->error < 0)
+                return true;
+        return list_is_empty(&ep->queue) && ep->pending_releases == 0 && list_is_empty(&c->ctrlq) &&
+                sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0;
+}
+
+/*
+ * The receiver never granted credit for what is queued: give up on it, but
+ * not silently.  An empty Send whose first_seq skips the dropped frames
+ * makes the receiver count them in its Lost property; the copies inside are
+ * withdrawn; the sender's loss is logged and counted (ipcmux_sender_get_lost).
+ */
+static void endpoint_abandon_queue(Endpoint *ep) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        Conn *c = ep->conn;
+        uint64_t n = ep->n_queued;
+        OutFrame *f, *tmp;
+
+        list_for_each_entry_safe(f, tmp, &ep->queue, link) {
+                list_unlink(&f->link);
+                cancel_frame_transfers(c, f);
+                out_frame_free(f);
+        }
+        ep->n_queued = 0;
+        ep->queued_bytes = 0;
+        ep->lost += n;
+        ep->next_seq += n;
+        log_warning("ipcmux: %s%s granted no credit: %" PRIu64 " messages lost", ep->dest, ep->path, n);
+        if (conn_new_call(c, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Send", &m) >= 0 &&
+            wire_open_frames(m, ep->next_seq) >= 0 && wire_close_frames(m, NULL, 0) >= 0)
+                (void) sd_bus_send(c->bus, m, NULL);
+        if (ep->pending_releases > 0) {
+                (void) send_release(ep, ep->pending_releases);
+                ep->pending_releases = 0;
+        }
+        endpoint_unmark_ready(ep);
 }
 
 static void sender_destroy_locked(ipcmux_sender *s) {
@@ -922,9 +1068,20 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                 (void) conn_flush(c);
                 /* What was sent, then the release, must reach the bus before
                  * the application may exit; skipped inside callbacks. */
-                if (!c->processing && c->depth == 1)
-                        (void) conn_wait(c, endpoint_drained, ep, now_usec() + RELEASE_FLUSH_TIMEOUT_USEC);
+                if (!c->processing && c->depth == 1) {
+                        uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
+                        int r = conn_wait(c, endpoint_drained, ep, deadline);
+
+                        if (r == -ETIMEDOUT && ep->n_senders == 1 && !list_is_empty(&ep->queue))
+                                endpoint_abandon_queue(ep);
+                        /* In the socket is not enough: a broker may drop what
+                         * it has not read when we exit.  One round trip to it
+                         * (skipped when nothing was sent since the last). */
+                        else if (r >= 0 && ep->last_emit > c->synced)
+                                (void) conn_sync_bus(c, deadline);
+                }
         }
+        ep->n_senders--;
         endpoint_unref(ep);
         free(s);
 }
@@ -954,4 +1111,42 @@ _public_ const char *ipcmux_sender_get_destination(ipcmux_sender *s) {
         if (!s)
                 return NULL;
         return s->ep->local ? s->ep->conn->unique_name : s->ep->dest;
+}
+
+/* ---- backlog ------------------------------------------------------------- */
+
+_public_ int ipcmux_sender_get_queued(ipcmux_sender *s, uint64_t *ret_msgs, uint64_t *ret_bytes) {
+        Conn *c;
+        int r;
+
+        assert_return(s, -EINVAL);
+        c = s->ep->conn;
+        r = conn_enter(c);
+        if (r < 0)
+                return r;
+        if (ret_msgs)
+                *ret_msgs = s->ep->n_queued;
+        if (ret_bytes)
+                *ret_bytes = s->ep->queued_bytes;
+        conn_unlock(c);
+        return 0;
+}
+
+_public_ int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, uint64_t max_bytes) {
+        Conn *c;
+        int r;
+
+        assert_return(s, -EINVAL);
+        c = s->ep->conn;
+        r = conn_enter(c);
+        if (r < 0)
+                return r;
+        s->ep->max_queued_msgs = max_msgs;
+        s->ep->max_queued_bytes = max_bytes;
+        conn_unlock(c);
+        return 0;
+}
+
+_public_ uint64_t ipcmux_sender_get_lost(ipcmux_sender *s) {
+        return s ? s->ep->lost : 0;
 }

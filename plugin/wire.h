@@ -28,7 +28,10 @@ enum {
         /* The payload is not inline: it is region 0 of the frame (a sealed
          * memfd), and the user's regions follow at 1..n. */
         WIRE_FRAME_SPILLED = 1u << 0,
-        _WIRE_FRAME_KNOWN = WIRE_FRAME_SPILLED,
+        /* The sender's window was at least half full when this frame left:
+         * credit it as soon as it is consumed (the sender may be waiting). */
+        WIRE_FRAME_CREDIT = 1u << 1,
+        _WIRE_FRAME_KNOWN = WIRE_FRAME_SPILLED | WIRE_FRAME_CREDIT,
 };
 
 /* Limits of one call (dbus-daemon: 16 fds per message; spec: 64 MiB arrays). */

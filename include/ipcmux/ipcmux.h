@@ -101,6 +101,28 @@ ipcmux_sender *ipcmux_sender_unref(ipcmux_sender *s);
 int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m);
 int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t size);
 
+/*
+ * Flow control.  Each subchannel has a credit window (8192 messages or
+ * 8 MiB in flight from one process, regions and spilled payloads counted by
+ * their size; a single larger message goes alone), under a 64 MiB cap per
+ * destination process.  Beyond it sends still never block: messages wait in
+ * this process, per subchannel, and leave when credit comes back and the
+ * application next calls into ipcmux (or its loop runs).
+ *
+ * ipcmux_sender_get_queued(): what waits in this process for @s's
+ * subchannel.  ipcmux_sender_set_max_queued(): bound that backlog (0 =
+ * unbounded, the default); a send that would exceed it fails with -ENOBUFS
+ * and nothing is queued.  Both apply to every clone of @s in this process.
+ *
+ * The last unref of a sender waits up to 10 s for its queue to leave.  If
+ * the receiver grants no credit in that time the queued messages are
+ * dropped and reported: ipcmux_sender_get_lost() here, the receiver's Lost
+ * property and ipcmux_receiver_get_lost() there.  Never silently.
+ */
+int ipcmux_sender_get_queued(ipcmux_sender *s, uint64_t *ret_msgs, uint64_t *ret_bytes);
+int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, uint64_t max_bytes);
+uint64_t ipcmux_sender_get_lost(ipcmux_sender *s);
+
 /* Object path of the receiver this sender sends to. Borrowed. */
 const char *ipcmux_sender_get_path(ipcmux_sender *s);
 /* Unique bus name of the process that holds the receiver. Borrowed. */
@@ -120,6 +142,8 @@ int ipcmux_receiver_try_recv(ipcmux_receiver *r, ipcmux_message **ret);
 int ipcmux_receiver_try_recv_timeout(ipcmux_receiver *r, uint64_t timeout_usec, ipcmux_message **ret);
 /* Its D-Bus object path. Borrowed. */
 const char *ipcmux_receiver_get_path(ipcmux_receiver *r);
+/* Messages known lost on the way to this receiver (sequence gaps, senders that gave up). */
+uint64_t ipcmux_receiver_get_lost(ipcmux_receiver *r);
 
 /* ---- messages ------------------------------------------------------------ */
 
