@@ -46,6 +46,7 @@ struct Endpoint {
          * payload + the declared size of its regions (spill included). */
         uint64_t sent_msgs, sent_bytes;
         uint64_t credit_msgs, credit_bytes;
+        bool credit_requested;          /* WantCredit sent since the last Credit */
         uint64_t lost;                  /* frames dropped unsent (flush timeout) */
         uint64_t last_emit;             /* conn->emitted after our last Send call */
         unsigned pending_releases;      /* Release calls waiting behind the queue */

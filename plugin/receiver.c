@@ -41,6 +41,7 @@ struct RxPeer {
         uint64_t consumed_msgs, consumed_bytes;
         uint64_t credited_msgs, credited_bytes;
         size_t n_queued;                /* messages from this peer still queued */
+        bool want_credit;               /* the sender is stalled: credit when drained */
 };
 
 static RxPeer *rxpeer_unref(RxPeer *p) {
@@ -268,8 +269,10 @@ static void rxpeer_consumed(ipcmux_receiver *rx, RxPeer *p, uint64_t cost, bool 
         p->consumed_bytes += cost;
         if (p->consumed_msgs - p->credited_msgs >= WINDOW_MSGS / 4 ||
             p->consumed_bytes - p->credited_bytes >= WINDOW_BYTES / 4 ||
-            (asked && p->n_queued == 0))
+            ((asked || p->want_credit) && p->n_queued == 0)) {
+                p->want_credit = false;
                 rxpeer_credit(rx, p);
+        }
 }
 
 /* The message leaves the receiver: its fds and regions stop counting
@@ -761,6 +764,7 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
         r = wire_read_send(call, w);
         if (r < 0)
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Send call");
+        log_debug("ipcmux: %s: Send from %s, %zu frames from #%" PRIu64, rx->path, sender, w->n_frames, w->first_seq);
         p = rxpeer_get(rx, sender);
         if (!p)
                 return -ENOMEM;
@@ -791,9 +795,9 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                 /* Frames whose senders were not yet claimed decline them. */
                 decline_all(c, sender, w);
                 refuse_frames(rx, p, w);
+                log_debug("ipcmux: refusing Send from %s to %s: %s", sender, rx->path, strerror(-r));
                 if (r == -ENOMEM)
                         return r;
-                log_debug("ipcmux: refusing Send from %s to %s: %s", sender, rx->path, strerror(-r));
                 if (r == -EDQUOT)
                         return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Peer quota exceeded");
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid region or fd");
@@ -856,6 +860,24 @@ static int method_stage_fds(sd_bus_message *call, void *userdata, sd_bus_error *
                         return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Cannot keep fd");
                 p->staged[p->n_staged++] = copy;
         }
+        return reply_ok(call);
+}
+
+static int method_want_credit(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        const char *sender = sd_bus_message_get_sender(call);
+        RxPeer *p;
+
+        if (!sender || !lifecycle_may_send(rx->lc, sender))
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
+        p = rxpeer_get(rx, sender);
+        if (!p)
+                return -ENOMEM;
+        /* Credit now if everything from it was consumed, else when it is. */
+        if (p->n_queued == 0)
+                rxpeer_credit(rx, p);
+        else
+                p->want_credit = true;
         return reply_ok(call);
 }
 
@@ -1006,6 +1028,8 @@ const sd_bus_vtable receiver_vtable[] = {
                                  "", , method_send, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("StageFds", "ah", SD_BUS_PARAM(fds), "", , method_stage_fds,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD("WantCredit", "", "", method_want_credit,
+                      SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("Release", "u", SD_BUS_PARAM(count), "", , method_release,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("Sending", "ts", SD_BUS_PARAM(token) SD_BUS_PARAM(destination), "", ,

@@ -292,6 +292,8 @@ static void account_sent(Endpoint *ep, unsigned n, uint64_t cost) {
 }
 
 void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
+        log_debug("ipcmux: credit %s%s: %" PRIu64 "/%" PRIu64 " msgs, %" PRIu64 "/%" PRIu64 " bytes",
+                  ep->dest, ep->path, msgs, ep->sent_msgs, bytes, ep->sent_bytes);
         /* Running totals: late or repeated credits change nothing. */
         if (msgs > ep->sent_msgs || bytes > ep->sent_bytes)
                 return;         /* more than we ever sent: a confused peer */
@@ -299,6 +301,7 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
                 ep->credit_msgs = msgs;
         if (bytes > ep->credit_bytes)
                 ep->credit_bytes = bytes;
+        ep->credit_requested = false;
         if (!list_is_empty(&ep->queue) || ep->pending_releases > 0) {
                 endpoint_mark_ready(ep);
                 (void) conn_flush(ep->conn);
@@ -471,6 +474,8 @@ static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
         if (r < 0)
                 return r;
         r = sd_bus_send(c->bus, m, NULL);
+        log_debug("ipcmux: Send to %s%s: %u frames from #%" PRIu64 ": %d", ep->dest, ep->path, n_views,
+                  ep->next_seq, r);
         if (r < 0)
                 return r;
         ep->next_seq += n_views;
@@ -557,8 +562,20 @@ int endpoint_flush_one(Endpoint *ep) {
                 }
                 endpoint_unmark_ready(ep);
         } else if (n == 0) {
-                /* Out of credit: off the ready list until Credit or Ack. */
+                /* Out of credit: off the ready list until Credit or Ack.  The
+                 * receiver only credits in quarter windows or when asked: ask,
+                 * once per stall, or a small residue could block us forever. */
                 list_unlink(&ep->ready_link);
+                if (!ep->credit_requested && ep->sent_msgs > ep->credit_msgs) {
+                        sd_bus_message *m = NULL;
+
+                        if (conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL,
+                                          "WantCredit", &m) >= 0) {
+                                if (sd_bus_send(ep->conn->bus, m, NULL) >= 0)
+                                        ep->credit_requested = true;
+                                sd_bus_message_unref(m);
+                        }
+                }
         } else {
                 /* Round robin: let the other endpoints have the next call. */
                 list_unlink(&ep->ready_link);

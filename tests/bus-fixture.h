@@ -34,13 +34,21 @@
                 EXPECT_GE(_r, 0) << #expr << ": " << strerror(-_r);             \
         } while (0)
 
+static inline void test_log_to_stderr(int level, const char *message, void *userdata) {
+        fprintf(stderr, "[ipcmux %d] %s\n", level, message);
+}
+
 class PrivateBus : public ::testing::Environment {
 public:
         static TestBus *bus;
         static const char *config;      /* set before main() runs tests, NULL = bus.conf */
 
         void SetUp() override {
-                int r = test_bus_spawn(config, &bus);
+                const char *c = config ? config : getenv("IPCMUX_TEST_BUS_CONFIG");
+                /* IPCMUX_TEST_LOG=1: the library's debug log on stderr. */
+                if (getenv("IPCMUX_TEST_LOG"))
+                        ipcmux_set_log_handler(test_log_to_stderr, NULL);
+                int r = test_bus_spawn(c, &bus);
                 ASSERT_GE(r, 0) << "cannot start private dbus-daemon: " << strerror(-r);
                 ASSERT_GE(test_bus_export(bus), 0);
         }

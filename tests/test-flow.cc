@@ -1,0 +1,312 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Flow control: the credit window at its edges, a subchannel nobody reads
+ * beside a busy one, the sender's backlog (reported, optionally bounded),
+ * order under batching and late credit, no silent loss, and a receiver that
+ * dies with a full window.
+ *
+ * Two connections in one process play sender ("far") and receiver ("near")
+ * processes; a helper process plays the one that gets SIGKILLed.  The same
+ * binary runs against the stock limits (test 'flow') and against a
+ * dbus-daemon with lowered limits (test 'flow-lowlimits', IPCMUX_TEST_BUS_CONFIG).
+ */
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <thread>
+
+#include "bus-fixture.h"
+
+/* The protocol's window (PROTOCOL.md, "Flow control"). */
+static const unsigned WINDOW_MSGS = 8192;
+
+class Flow : public BusTest {
+protected:
+        sd_bus *far_bus = nullptr;
+        ipcmux_channel *far = nullptr;
+        /* Polled on each side to keep that connection dispatched. */
+        ipcmux_sender *far_pump_tx = nullptr, *near_pump_tx = nullptr;
+        ipcmux_receiver *far_pump = nullptr, *near_pump = nullptr;
+
+        /* "far" behaves like a process of its own: a thread keeps its
+         * connection dispatched (credit arrives, queued frames leave). */
+        std::thread far_thread;
+        std::atomic<bool> far_stop{false};
+
+        void SetUp() override {
+                BusTest::SetUp();
+                ASSERT_OK(test_bus_connect(PrivateBus::bus, &far_bus));
+                ASSERT_OK(ipcmux_channel_new_for_bus(far_bus, &far));
+                ASSERT_OK(ipcmux_channel_sub_channel(far, &far_pump_tx, &far_pump));
+                ASSERT_OK(ipcmux_channel_sub_channel(warm, &near_pump_tx, &near_pump));
+                far_thread = std::thread([this] {
+                        while (!far_stop) {
+                                ipcmux_message *m = NULL;
+                                (void) ipcmux_receiver_try_recv_timeout(far_pump, 5000, &m);
+                        }
+                });
+        }
+        void TearDown() override {
+                far_stop = true;
+                if (far_thread.joinable())
+                        far_thread.join();
+                far_pump_tx = ipcmux_sender_unref(far_pump_tx);
+                far_pump = ipcmux_receiver_unref(far_pump);
+                near_pump_tx = ipcmux_sender_unref(near_pump_tx);
+                near_pump = ipcmux_receiver_unref(near_pump);
+                far = ipcmux_channel_unref(far);
+                far_bus = sd_bus_flush_close_unref(far_bus);
+                BusTest::TearDown();
+        }
+
+        /* Let @ch's connection run for @usec (dispatch, flush, credit). */
+        void pump(ipcmux_receiver *p, uint64_t usec) {
+                ipcmux_message *m = NULL;
+                EXPECT_EQ(ipcmux_receiver_try_recv_timeout(p, usec, &m), -ETIMEDOUT);
+        }
+        void pump_both(uint64_t usec = 50000) {
+                pump(near_pump, usec);
+                pump(near_pump, usec);
+                pump(near_pump, usec);
+        }
+
+        /* A subchannel on "near" and a sender for it on "far" (one-shot bootstrap). */
+        void remote_sub(ipcmux_sender **ret_tx, ipcmux_receiver **ret_rx) {
+                ipcmux_server *srv = NULL;
+                char *name = NULL;
+                ipcmux_message *first = NULL;
+
+                ASSERT_OK(ipcmux_server_new_for_channel(warm, &srv, &name));
+                ASSERT_OK(ipcmux_sender_connect_for_channel(far, name, ret_tx));
+                free(name);
+                ASSERT_OK(ipcmux_sender_send_bytes(*ret_tx, "first", 5));
+                ASSERT_OK(ipcmux_server_accept_timeout(srv, 10000000, ret_rx, &first));
+                EXPECT_EQ(msg_str(first), "first");
+                ipcmux_message_unref(first);
+                ipcmux_server_unref(srv);
+        }
+
+        uint64_t queued(ipcmux_sender *s) {
+                uint64_t n = UINT64_MAX;
+                EXPECT_OK(ipcmux_sender_get_queued(s, &n, NULL));
+                return n;
+        }
+
+        void send_n(ipcmux_sender *s, unsigned n, unsigned from = 0) {
+                for (unsigned i = from; i < from + n; i++) {
+                        char buf[64];
+                        int k = snprintf(buf, sizeof(buf), "%u", i);
+                        ASSERT_OK(ipcmux_sender_send_bytes(s, buf, (size_t) k));
+                }
+        }
+
+        void expect_n_any(ipcmux_receiver *rx, unsigned n) {
+                for (unsigned i = 0; i < n; i++) {
+                        ipcmux_message *m = NULL;
+                        ASSERT_OK(recv_bounded(rx, &m));
+                        ipcmux_message_unref(m);
+                }
+        }
+
+        void expect_n(ipcmux_receiver *rx, unsigned n, unsigned from = 0) {
+                for (unsigned i = from; i < from + n; i++) {
+                        ipcmux_message *m = NULL;
+                        ASSERT_OK(recv_bounded(rx, &m));
+                        ASSERT_EQ(msg_str(m), std::to_string(i));
+                        ipcmux_message_unref(m);
+                }
+        }
+};
+
+TEST_F(Flow, WindowEdges) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+        /* "first" counts: consumed by accept but not credited yet (credit
+         * goes in quarter windows), so it is one of the window's messages. */
+        send_n(tx, WINDOW_MSGS - 2);
+        pump_both();
+        EXPECT_EQ(queued(tx), 0u) << "window - 1 in flight: it left at once";
+        send_n(tx, 1, WINDOW_MSGS - 2);
+        pump_both();
+        EXPECT_EQ(queued(tx), 0u) << "exactly the window in flight: it left";
+        send_n(tx, 1, WINDOW_MSGS - 1);
+        pump_both();
+        EXPECT_EQ(queued(tx), 1u) << "window + 1 waits for credit";
+
+        /* Consuming a quarter of the window grants credit: it leaves. */
+        expect_n(rx, WINDOW_MSGS / 4);
+        pump_both();
+        EXPECT_EQ(queued(tx), 0u);
+        expect_n(rx, WINDOW_MSGS - WINDOW_MSGS / 4, WINDOW_MSGS / 4);
+        ipcmux_sender_unref(tx);
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+        ipcmux_receiver_unref(rx);
+}
+
+TEST_F(Flow, LoneMessageLargerThanTheWindow) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+        std::string big(9u << 20, 'x');         /* > 8 MiB window */
+        /* "first" (consumed, not yet credited) is in flight: the big one
+         * waits until the sender asks for and gets that credit. */
+        ASSERT_OK(ipcmux_sender_send_bytes(tx, big.data(), big.size()));
+        pump_both();
+        EXPECT_EQ(queued(tx), 0u) << "alone, it goes through";
+        ASSERT_OK(ipcmux_sender_send_bytes(tx, "small", 5));
+        pump_both();
+        EXPECT_EQ(queued(tx), 1u) << "behind it the window is full";
+        ipcmux_message *m = NULL;
+        ASSERT_OK(recv_bounded(rx, &m));
+        EXPECT_EQ(msg_str(m), big);
+        ipcmux_message_unref(m);
+        ASSERT_OK(recv_bounded(rx, &m));
+        EXPECT_EQ(msg_str(m), "small");
+        ipcmux_message_unref(m);
+        EXPECT_EQ(queued(tx), 0u);
+        ipcmux_sender_unref(tx);
+        ipcmux_receiver_unref(rx);
+}
+
+TEST_F(Flow, UnreadSubchannelDoesNotStallItsNeighbour) {
+        ipcmux_sender *slow_tx = NULL, *busy_tx = NULL;
+        ipcmux_receiver *slow_rx = NULL, *busy_rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&slow_tx, &slow_rx));
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&busy_tx, &busy_rx));
+
+        const unsigned flood = 3 * WINDOW_MSGS;
+        send_n(slow_tx, flood);
+        pump_both();
+        /* In flight: "first" (consumed, but credit waits until the queue of
+         * this peer drains) and WINDOW_MSGS - 1 frames nobody reads. */
+        const unsigned backlog = flood - (WINDOW_MSGS - 1);
+        EXPECT_EQ(queued(slow_tx), backlog) << "the backlog is reported";
+
+        /* The busy subchannel of the same connection still flows. */
+        uint64_t t0 = test_now_usec();
+        for (unsigned i = 0; i < 20000; i++) {
+                ASSERT_OK(ipcmux_sender_send_bytes(busy_tx, "b", 1));
+                if (i % 256 == 255)
+                        expect_n_any(busy_rx, 256);
+        }
+        expect_n_any(busy_rx, 20000 % 256);
+        EXPECT_LT(test_now_usec() - t0, 20000000u);
+        EXPECT_EQ(queued(slow_tx), backlog) << "the slow backlog stays where it is";
+
+        /* Bounded backlog on request: refuse instead of growing. */
+        ASSERT_OK(ipcmux_sender_set_max_queued(slow_tx, backlog + 10, 0));
+        send_n(slow_tx, 10, flood);
+        EXPECT_EQ(ipcmux_sender_send_bytes(slow_tx, "x", 1), -ENOBUFS);
+        ASSERT_OK(ipcmux_sender_set_max_queued(slow_tx, 0, 0));
+
+        /* Everything arrives, in order, once the slow reader reads. */
+        expect_n(slow_rx, flood + 10);
+        ipcmux_sender_unref(slow_tx);
+        ipcmux_sender_unref(busy_tx);
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(slow_rx, &m), -EPIPE);
+        EXPECT_EQ(ipcmux_receiver_get_lost(slow_rx), 0u);
+        ipcmux_receiver_unref(slow_rx);
+        ipcmux_receiver_unref(busy_rx);
+}
+
+TEST_F(Flow, OrderUnderBatchingAndLateCredit) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+        /* Far outruns near: frames pile up, leave batched as credit returns. */
+        const unsigned N = 50000;
+        unsigned got = 0;
+        for (unsigned i = 0; i < N; i++) {
+                char buf[32];
+                int k = snprintf(buf, sizeof(buf), "%u", i);
+                ASSERT_OK(ipcmux_sender_send_bytes(tx, buf, (size_t) k));
+                if (i % 5000 == 4999) {
+                        /* read a bit, late */
+                        for (unsigned j = 0; j < 1000; j++) {
+                                ipcmux_message *m = NULL;
+                                ASSERT_OK(recv_bounded(rx, &m));
+                                ASSERT_EQ(msg_str(m), std::to_string(got));
+                                got++;
+                                ipcmux_message_unref(m);
+                        }
+                }
+        }
+        /* The last unref flushes what is queued: it needs credit, so it
+         * runs on another thread while this one reads. */
+        std::thread dropper([&] { ipcmux_sender_unref(tx); });
+        for (; got < N; got++) {
+                ipcmux_message *m = NULL;
+                ASSERT_OK(recv_bounded(rx, &m));
+                ASSERT_EQ(msg_str(m), std::to_string(got));
+                ipcmux_message_unref(m);
+        }
+        dropper.join();
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+        EXPECT_EQ(ipcmux_receiver_get_lost(rx), 0u);
+        ipcmux_receiver_unref(rx);
+}
+
+TEST_F(Flow, NoCreditMeansReportedLoss) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+        /* In flight: "first" and WINDOW_MSGS - 1 of these; 10 wait. */
+        send_n(tx, WINDOW_MSGS + 9);
+        pump_both();
+        EXPECT_EQ(queued(tx), 10u);
+        /* Nobody reads: the last unref waits its bounded time (10 s), then
+         * gives the 10 up and says so. */
+        uint64_t t0 = test_now_usec();
+        ipcmux_sender_unref(tx);
+        EXPECT_GE(test_now_usec() - t0, 9000000u);
+        expect_n(rx, WINDOW_MSGS - 1);
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+        EXPECT_EQ(ipcmux_receiver_get_lost(rx), 10u) << "the loss is reported, not silent";
+        ipcmux_receiver_unref(rx);
+}
+
+TEST_F(Flow, ReceiverKilledWithFullWindow) {
+        ipcmux_server *srv = NULL;
+        char *name = NULL;
+        ASSERT_OK(ipcmux_server_new_for_channel(warm, &srv, &name));
+        std::string helper = test_helper_path("helper-client");
+        char *argv[] = {(char *) helper.c_str(), (char *) "serve", name, (char *) "stall", nullptr};
+        pid_t child;
+        int out = -1;
+        ASSERT_OK(test_spawn(argv, &out, &child));
+        free(name);
+
+        ipcmux_receiver *rx = NULL;
+        ipcmux_message *first = NULL;
+        ASSERT_OK(ipcmux_server_accept_timeout(srv, 20000000, &rx, &first));
+        ipcmux_sender *to_child = NULL;
+        ASSERT_OK(ipcmux_message_take_sender(first, 0, &to_child));
+        ipcmux_message_unref(first);
+        char line[64];
+        ASSERT_OK(test_read_line(out, line, sizeof(line), 20000));
+
+        send_n(to_child, WINDOW_MSGS + 100);
+        pump(near_pump, 100000);
+        EXPECT_GE(queued(to_child), 100u);
+
+        ASSERT_EQ(kill(child, SIGKILL), 0);
+        ASSERT_OK(test_wait(child, 10000, NULL));
+        uint64_t t0 = test_now_usec();
+        int r;
+        while ((r = ipcmux_sender_send_bytes(to_child, "x", 1)) >= 0 && test_now_usec() - t0 < 5000000)
+                pump(near_pump, 10000);
+        EXPECT_EQ(r, -EPIPE);
+        EXPECT_LT(test_now_usec() - t0, 1000000u);
+        EXPECT_EQ(queued(to_child), 0u) << "the queue is freed";
+        ipcmux_sender_unref(to_child);
+        ipcmux_receiver_unref(rx);
+        ipcmux_server_unref(srv);
+        close(out);
+}
