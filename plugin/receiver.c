@@ -803,11 +803,14 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid region or fd");
         }
 
-        if (w->first_seq != p->next_seq) {
-                /* The bus dropped frames (or the peer is confused): say so. */
+        bool gap = w->first_seq != p->next_seq;
+        if (gap) {
+                /* Frames from this peer were lost on the way (a broker drops
+                 * no-reply calls when a queue overflows) or it gave up on them:
+                 * count them, and below end this peer's part in the subchannel. */
                 if (w->first_seq > p->next_seq)
                         rx->n_lost += w->first_seq - p->next_seq;
-                log_warning("ipcmux: %s: frames from %s out of sequence (%" PRIu64 " != %" PRIu64 ")",
+                log_warning("ipcmux: %s: frames from %s lost (got #%" PRIu64 ", expected #%" PRIu64 ")",
                             rx->path, sender, w->first_seq, p->next_seq);
         }
         p->next_seq = w->first_seq + w->n_frames;
@@ -822,6 +825,17 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                 m->accounted_peer = p;
                 m->credit_asked = w->frames[i].flags & WIRE_FRAME_CREDIT;
                 receiver_enqueue(rx, m);
+        }
+
+        if (gap) {
+                /* No silent loss: a stream with a hole is over.  The peer's
+                 * holds go (the receiver reports -EPIPE once nobody else
+                 * holds) and it is told Closed (its sends fail with -EPIPE). */
+                unsigned holds = lifecycle_get_holds(rx->lc, sender);
+                if (holds > 0)
+                        (void) lifecycle_release(rx->lc, sender, holds);
+                tell_closed(sender, rx);
+                receiver_changed(rx);
         }
         return reply_ok(call);
 }
