@@ -89,7 +89,9 @@ void random_id128(uint8_t id[16]) {
 void conn_lock(Conn *c) {
         pthread_t self = pthread_self();
 
-        if (c->depth > 0 && pthread_equal(__atomic_load_n(&c->owner, __ATOMIC_RELAXED), self)) {
+        /* Only this thread ever stores its own id in owner (under the
+         * mutex), so seeing it means we hold the mutex and depth is ours. */
+        if (pthread_equal(__atomic_load_n(&c->owner, __ATOMIC_RELAXED), self)) {
                 c->depth++;
                 return;
         }

@@ -55,8 +55,21 @@ static gboolean source_dispatch(GSource *s, GSourceFunc callback, gpointer userd
 static void source_finalize(GSource *s) {
         IpcmuxSource *src = (IpcmuxSource *) s;
 
-        (void) ipcmux_channel_detach_loop(src->channel);
         src->channel = ipcmux_channel_unref(src->channel);
+}
+
+/* The source's callback data goes away exactly once, when it is destroyed
+ * (or finalized unattached): that is when the driver slot frees, even if
+ * the application still holds references to the GSource. */
+static gboolean no_callback(gpointer userdata) {
+        return G_SOURCE_CONTINUE;
+}
+
+static void on_source_destroyed(gpointer userdata) {
+        ipcmux_channel *c = userdata;
+
+        (void) ipcmux_channel_detach_loop(c);
+        ipcmux_channel_unref(c);
 }
 
 static GSourceFuncs source_funcs = {
@@ -87,6 +100,7 @@ _public_ GSource *ipcmux_glib_source_new(ipcmux_channel *c) {
         src = (IpcmuxSource *) g_source_new(&source_funcs, sizeof(IpcmuxSource));
         src->channel = ipcmux_channel_ref(c);
         src->tag = g_source_add_unix_fd(&src->source, fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+        g_source_set_callback(&src->source, no_callback, ipcmux_channel_ref(c), on_source_destroyed);
         g_source_set_name(&src->source, "ipcmux");
         return &src->source;
 }
@@ -135,7 +149,14 @@ _public_ GVariant *ipcmux_glib_message_get_variant(ipcmux_message *m, const GVar
         }
         /* Untrusted bytes: GLib validates them lazily and never reads out of bounds. */
         bytes = g_bytes_new(nul + 1, size - (size_t) (nul + 1 - data));
-        v = g_variant_new_from_bytes(type, bytes, FALSE);
+        v = g_variant_ref_sink(g_variant_new_from_bytes(type, bytes, FALSE));
         g_bytes_unref(bytes);
-        return g_variant_ref_sink(v);
+        /* Senders send normal form; anything else is not a value of @type
+         * (GLib would silently read defaults out of garbage). */
+        if (!g_variant_is_normal_form(v)) {
+                g_variant_unref(v);
+                errno = EBADMSG;
+                return NULL;
+        }
+        return v;
 }

@@ -35,6 +35,7 @@
         } while (0)
 
 static inline void test_log_to_stderr(int level, const char *message, void *userdata) {
+        (void) userdata;
         fprintf(stderr, "[ipcmux %d] %s\n", level, message);
 }
 
