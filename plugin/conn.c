@@ -291,7 +291,7 @@ static int root_method_ack(sd_bus_message *m, void *userdata, sd_bus_error *erro
         p = sender ? peer_find(userdata, sender) : NULL;
         if (p)
                 peer_ack(p, bytes);
-        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 1;
 }
 static int root_method_connect(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         return listener_method_connect(m, userdata, error);
@@ -340,7 +340,6 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         list_init(&c->ready);
         list_init(&c->handled);
         list_init(&c->handler_ready);
-        list_init(&c->unacked);
         c->epoll_fd = -1;
         hashmap_init(&c->receivers, &hash_ops_id128);
         hashmap_init(&c->endpoints, &hash_ops_string);
@@ -348,6 +347,7 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         hashmap_init(&c->listeners, &hash_ops_string);
         c->is_default = is_default;
         c->spill_threshold = DEFAULT_SPILL_THRESHOLD;
+        c->fd_budget = fd_budget();
 
         /* Blocks until Hello is answered: peers can call us as soon as we return. */
         r = sd_bus_get_unique_name(bus, &unique);
@@ -607,12 +607,8 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
                 (void) conn_flush(c);
                 if (!list_is_empty(&c->handler_ready))
                         (void) receivers_run_handlers(c);
-                if (r == 0) {
-                        /* Idle: acknowledge what arrived, so no sender waits on us. */
-                        peers_ack_all(c);
-                        (void) conn_flush(c);
+                if (r == 0)
                         break;
-                }
                 if (ready && ready(userdata))
                         break;
         }
@@ -631,8 +627,6 @@ int conn_process(Conn *c) {
         r = process_one(c);
         if (r < 0)
                 return r;
-        if (r == 0)
-                peers_ack_all(c);
         (void) conn_flush(c);
         n = receivers_run_handlers(c);
         return r > 0 || n > 0;
@@ -753,7 +747,7 @@ static int root_method_closed(sd_bus_message *m, void *userdata, sd_bus_error *e
         ep = sender ? endpoint_find(c, sender, path) : NULL;
         if (ep)
                 endpoint_close(ep);
-        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 1;
 }
 
 static int root_method_credit(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -769,7 +763,7 @@ static int root_method_credit(sd_bus_message *m, void *userdata, sd_bus_error *e
         ep = sender ? endpoint_find(c, sender, path) : NULL;
         if (ep)
                 endpoint_credit(ep, msgs, bytes);
-        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 1;
 }
 
 static int root_method_sync(sd_bus_message *m, void *userdata, sd_bus_error *error) {

@@ -66,7 +66,6 @@ struct Conn {
         HashMap endpoints;              /* "dest/path" -> Endpoint (remote only) */
         HashMap peers;                  /* unique name -> Peer */
         HashMap listeners;              /* name -> ipcmux_listener */
-        List unacked;                   /* Peers with received bytes not yet acknowledged */
 
         List handled;                   /* receivers with a handler */
         List handler_ready;             /* receivers with handler calls due */
@@ -86,6 +85,7 @@ struct Conn {
         uint64_t emitted;               /* Send calls handed to sd-bus so far */
         uint64_t synced;                /* ...of which the broker has confirmed reading */
         uint64_t spill_threshold;       /* payloads above go into a memfd */
+        size_t fd_budget;               /* fds queued messages of one peer may hold */
 
         WireCall scratch;               /* decoder buffers, reused under the lock */
 };
@@ -170,6 +170,7 @@ void conn_fail(Conn *c, int error);
 unsigned conn_lock_suspend(Conn *c);
 void conn_lock_resume(Conn *c, unsigned depth);
 
+size_t fd_budget(void);
 uint64_t now_usec(void);
 uint64_t random_u64(void);
 void random_id128(uint8_t id[16]);

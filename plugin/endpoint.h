@@ -78,7 +78,8 @@ void peer_ack(Peer *p, uint64_t bytes);
 #define WINDOW_MSGS 8192u
 #define WINDOW_BYTES (8u << 20)
 #define PEER_CAP_BYTES (64u << 20)
-/* The receiver acknowledges receipt at least every this many bytes (and when idle). */
+/* The receiver acknowledges receipt every this many bytes, and at once when
+ * a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)
 /* Send one call's worth of queued frames (conn_flush calls this). */
 int endpoint_flush_one(Endpoint *ep);

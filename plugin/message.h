@@ -35,7 +35,6 @@ struct ipcmux_message {
         char sender_buf[24];            /* short names live here (no malloc) */
         List qlink;                     /* in a receiver queue */
         uint64_t wire_size;             /* frame cost counted for flow control */
-        bool credit_asked;              /* the sender asked for credit with it */
         /* Receive-side quota accounting while queued (see receiver.c). */
         struct RxPeer *accounted_peer;
         size_t accounted_fds;

@@ -13,8 +13,6 @@
 static void peer_free(Peer *p) {
         Endpoint *ep, *tmp;
 
-        if (list_is_linked(&p->unacked_link))
-                list_unlink(&p->unacked_link);
         list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
                 list_unlink(&ep->peer_link);
                 ep->peer = NULL;
@@ -186,7 +184,6 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
         p->conn = c;
         list_init(&p->endpoints);
         list_init(&p->graveyard_link);
-        list_init(&p->unacked_link);
         p->name = strdup(name);
         if (!p->name) {
                 free(p);
@@ -333,11 +330,9 @@ _public_ int ipcmux_channel_get_peer_creds(ipcmux_channel *ch, const char *uniqu
 
 /* ---- receipt acknowledgements (the per-peer cap) -------------------------- */
 
-static void peer_send_ack(Peer *p) {
+void peer_send_ack(Peer *p) {
         sd_bus_message *m = NULL;
 
-        if (list_is_linked(&p->unacked_link))
-                list_unlink(&p->unacked_link);
         if (p->gone || p->rx_bytes == p->rx_acked)
                 return;
         if (conn_new_call(p->conn, p->name, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Ack", &m) < 0)
@@ -354,13 +349,5 @@ void peer_received(Peer *p, uint64_t bytes) {
         p->rx_bytes += bytes;
         if (p->rx_bytes - p->rx_acked >= ACK_EVERY_BYTES)
                 peer_send_ack(p);
-        else if (!list_is_linked(&p->unacked_link))
-                list_append(&p->conn->unacked, &p->unacked_link);
 }
 
-void peers_ack_all(Conn *c) {
-        Peer *p;
-
-        while ((p = list_first_entry(&c->unacked, Peer, unacked_link)))
-                peer_send_ack(p);
-}

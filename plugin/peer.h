@@ -30,7 +30,6 @@ struct Peer {
         uint64_t tx_bytes, tx_acked;
         /* Receiving side: bytes received from this peer and acknowledged. */
         uint64_t rx_bytes, rx_acked;
-        List unacked_link;      /* conn->unacked while rx_bytes > rx_acked */
         bool creds_known;
         uint32_t uid, pid;
         List graveyard_link;
@@ -41,8 +40,8 @@ int peer_watch(Conn *c, const char *name, Peer **ret);
 Peer *peer_find(Conn *c, const char *name);
 /* Count bytes received from @p; acknowledge per ACK_EVERY_BYTES. */
 void peer_received(Peer *p, uint64_t bytes);
-/* Acknowledge everything received (the dispatcher is idle). */
-void peers_ack_all(Conn *c);
+/* Acknowledge everything received now (the sender asked: WantCredit). */
+void peer_send_ack(Peer *p);
 /* Free gone peers (after a dispatch step). */
 void peers_sweep(Conn *c);
 void peers_free_all(Conn *c);

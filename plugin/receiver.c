@@ -79,10 +79,10 @@ static void rxpeer_drop_staged(RxPeer *p) {
         p->n_staged = 0;
 }
 
-/* Budget of fds that queued messages may hold, process-wide (a quarter of
- * RLIMIT_NOFILE): peers must never push us into EMFILE, which makes sd-bus
- * drop the whole connection. */
-static size_t fd_budget(void) {
+/* Budget of fds that queued messages may hold, per peer (a quarter of
+ * RLIMIT_NOFILE, read when the connection is made): peers must never push
+ * us into EMFILE, which makes sd-bus drop the whole connection. */
+size_t fd_budget(void) {
         struct rlimit rl;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
@@ -263,13 +263,13 @@ static void rxpeer_credit(ipcmux_receiver *rx, RxPeer *p) {
 }
 
 /* Credit a quarter window at a time, and at once when the sender asked for
- * it and nothing of its is left queued (it may be stalled on credit). */
-static void rxpeer_consumed(ipcmux_receiver *rx, RxPeer *p, uint64_t cost, bool asked) {
+ * it (WantCredit: it is stalled) and nothing of its is left queued. */
+static void rxpeer_consumed(ipcmux_receiver *rx, RxPeer *p, uint64_t cost) {
         p->consumed_msgs++;
         p->consumed_bytes += cost;
         if (p->consumed_msgs - p->credited_msgs >= WINDOW_MSGS / 4 ||
             p->consumed_bytes - p->credited_bytes >= WINDOW_BYTES / 4 ||
-            ((asked || p->want_credit) && p->n_queued == 0)) {
+            (p->want_credit && p->n_queued == 0)) {
                 p->want_credit = false;
                 rxpeer_credit(rx, p);
         }
@@ -286,7 +286,7 @@ static void message_release_accounting(ipcmux_receiver *rx, ipcmux_message *m, b
         p->region_bytes_held -= m->accounted_region_bytes;
         p->n_queued--;
         if (consumed && !rx->dropped && rx->conn->error >= 0)
-                rxpeer_consumed(rx, p, m->wire_size, m->credit_asked);
+                rxpeer_consumed(rx, p, m->wire_size);
         m->accounted_peer = rxpeer_unref(p);
 }
 
@@ -584,8 +584,15 @@ static int refuse(ipcmux_receiver *rx, sd_bus_error *error, const char *name, co
         return sd_bus_error_set(error, name, text);
 }
 
+/* Handled: > 0 stops sd-bus from looking further (with 0 it walks the
+ * remaining path prefixes and builds an error reply it then drops). */
 static int reply_ok(sd_bus_message *m) {
-        return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 0;
+        if (sd_bus_message_get_expect_reply(m)) {
+                int r = sd_bus_reply_method_return(m, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return 1;
 }
 
 /* Logical fd @idx of a call: staged ones first, then the call's own. */
@@ -597,7 +604,7 @@ static int call_fd(RxPeer *p, const WireCall *w, uint32_t idx) {
 static int build_messages(ipcmux_receiver *rx, sd_bus_message *call, const char *sender, RxPeer *p,
                           const WireCall *w, ipcmux_message **msgs) {
         Conn *c = rx->conn;
-        size_t budget = fd_budget();
+        size_t budget = c->fd_budget;
         size_t fds_total = p->fds_held;
         uint64_t region_total = p->region_bytes_held;
         int r;
@@ -747,29 +754,24 @@ static void refuse_frames(ipcmux_receiver *rx, RxPeer *p, const WireCall *w) {
         rxpeer_credit(rx, p);
 }
 
-static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error) {
-        ipcmux_receiver *rx = userdata;
+/* Deliver a decoded Send or SendPacked call (see PROTOCOL.md). */
+static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *sender, WireCall *w,
+                        sd_bus_error *error) {
         Conn *c = rx->conn;
-        const char *sender = sd_bus_message_get_sender(call);
-        WireCall *w = &c->scratch;
         ipcmux_message *stack_msgs[16], **msgs = stack_msgs;
         _cleanup_free_ ipcmux_message **heap_msgs = NULL;
         Peer *peer;
         RxPeer *p;
         int r;
 
-        if (!sender || !lifecycle_may_send(rx->lc, sender))
-                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
-
-        r = wire_read_send(call, w);
-        if (r < 0)
-                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Send call");
-        log_debug("ipcmux: %s: Send from %s, %zu frames from #%" PRIu64, rx->path, sender, w->n_frames, w->first_seq);
         p = rxpeer_get(rx, sender);
         if (!p)
                 return -ENOMEM;
         /* Off the bus now: acknowledge receipt to the sender's per-peer cap. */
-        if (peer_watch(c, sender, &peer) >= 0 && peer)
+        peer = peer_find(c, sender);
+        if (!peer)
+                (void) peer_watch(c, sender, &peer);
+        if (peer)
                 peer_received(peer, call_cost(w));
 
         r = wire_validate(w, p->n_staged);
@@ -823,7 +825,6 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                 p->n_queued++;
                 p->n_ref++;
                 m->accounted_peer = p;
-                m->credit_asked = w->frames[i].flags & WIRE_FRAME_CREDIT;
                 receiver_enqueue(rx, m);
         }
 
@@ -838,6 +839,30 @@ static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error
                 receiver_changed(rx);
         }
         return reply_ok(call);
+}
+
+static int method_send(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        const char *sender = sd_bus_message_get_sender(call);
+        WireCall *w = &rx->conn->scratch;
+
+        if (!sender || !lifecycle_may_send(rx->lc, sender))
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
+        if (wire_read_send(call, w) < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Send call");
+        return receive_call(rx, call, sender, w, error);
+}
+
+static int method_send_packed(sd_bus_message *call, void *userdata, sd_bus_error *error) {
+        ipcmux_receiver *rx = userdata;
+        const char *sender = sd_bus_message_get_sender(call);
+        WireCall *w = &rx->conn->scratch;
+
+        if (!sender || !lifecycle_may_send(rx->lc, sender))
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Not a holder of this subchannel");
+        if (wire_read_packed(call, w) < 0)
+                return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed SendPacked call");
+        return receive_call(rx, call, sender, w, error);
 }
 
 static int method_stage_fds(sd_bus_message *call, void *userdata, sd_bus_error *error) {
@@ -880,6 +905,7 @@ static int method_stage_fds(sd_bus_message *call, void *userdata, sd_bus_error *
 static int method_want_credit(sd_bus_message *call, void *userdata, sd_bus_error *error) {
         ipcmux_receiver *rx = userdata;
         const char *sender = sd_bus_message_get_sender(call);
+        Peer *peer;
         RxPeer *p;
 
         if (!sender || !lifecycle_may_send(rx->lc, sender))
@@ -887,6 +913,10 @@ static int method_want_credit(sd_bus_message *call, void *userdata, sd_bus_error
         p = rxpeer_get(rx, sender);
         if (!p)
                 return -ENOMEM;
+        /* It may be stalled on the per-destination cap: acknowledge receipt. */
+        peer = peer_find(rx->conn, sender);
+        if (peer)
+                peer_send_ack(peer);
         /* Credit now if everything from it was consumed, else when it is. */
         if (p->n_queued == 0)
                 rxpeer_credit(rx, p);
@@ -1040,6 +1070,8 @@ const sd_bus_vtable receiver_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("Send", "ta" IPCMUX_FRAME_SIGNATURE "ah",
                                  SD_BUS_PARAM(first_seq) SD_BUS_PARAM(frames) SD_BUS_PARAM(fds),
                                  "", , method_send, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        SD_BUS_METHOD_WITH_NAMES("SendPacked", "ay", SD_BUS_PARAM(packed),
+                                 "", , method_send_packed, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("StageFds", "ah", SD_BUS_PARAM(fds), "", , method_stage_fds,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD("WantCredit", "", "", method_want_credit,

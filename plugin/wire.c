@@ -5,6 +5,7 @@
  * the caller holds the message while it uses the decoded call.
  */
 
+#include <endian.h>
 #include <errno.h>
 #include <string.h>
 
@@ -170,6 +171,48 @@ int wire_read_send(sd_bus_message *m, WireCall *w) {
                 w->call_fds[w->n_call_fds++] = fd;
         }
         return sd_bus_message_exit_container(m);
+}
+
+int wire_parse_packed(const void *data, size_t size, WireCall *w) {
+        const uint8_t *p = data;
+        size_t off = sizeof(uint64_t);
+
+        if (size < sizeof(uint64_t))
+                return -EBADMSG;
+        memcpy(&w->first_seq, p, sizeof(uint64_t));
+        w->first_seq = le64toh(w->first_seq);
+
+        while (off < size) {
+                uint32_t len;
+
+                if (size - off < 4)
+                        return -EBADMSG;
+                memcpy(&len, p + off, 4);
+                len = le32toh(len);
+                off += 4;
+                if (len > size - off)
+                        return -EBADMSG;
+                if (!GREEDY_REALLOC(w->frames, w->allocated_frames, w->n_frames + 1))
+                        return -ENOMEM;
+                w->frames[w->n_frames++] = (WireFrame) {
+                        .payload = p + off,
+                        .payload_size = len,
+                };
+                off += len;
+        }
+        return 0;
+}
+
+int wire_read_packed(sd_bus_message *m, WireCall *w) {
+        const void *data;
+        size_t size;
+        int r;
+
+        wire_call_reset(w);
+        r = sd_bus_message_read_array(m, 'y', &data, &size);
+        if (r < 0)
+                return r;
+        return wire_parse_packed(data, size, w);
 }
 
 /* Mark fd index @idx used; -EBADMSG if out of range or used before. */

@@ -28,10 +28,7 @@ enum {
         /* The payload is not inline: it is region 0 of the frame (a sealed
          * memfd), and the user's regions follow at 1..n. */
         WIRE_FRAME_SPILLED = 1u << 0,
-        /* The sender's window was at least half full when this frame left:
-         * credit it as soon as it is consumed (the sender may be waiting). */
-        WIRE_FRAME_CREDIT = 1u << 1,
-        _WIRE_FRAME_KNOWN = WIRE_FRAME_SPILLED | WIRE_FRAME_CREDIT,
+        _WIRE_FRAME_KNOWN = WIRE_FRAME_SPILLED,
 };
 
 /* Limits of one call (dbus-daemon: 16 fds per message; spec: 64 MiB arrays). */
@@ -84,6 +81,15 @@ void wire_call_done(WireCall *w);
  * not match the signature or exceeds WIRE_MAX_ATTACHMENTS.
  */
 int wire_read_send(sd_bus_message *m, WireCall *w);
+
+/*
+ * SendPacked(ay packed): frames without attachments.  packed = u64
+ * first_seq, then per frame a u32 length and that many payload bytes (all
+ * little-endian).  Fills @w as wire_read_send() would (payloads point into
+ * the message).  -EBADMSG unless the records exactly cover the array.
+ */
+int wire_read_packed(sd_bus_message *m, WireCall *w);
+int wire_parse_packed(const void *data, size_t size, WireCall *w);
 
 /*
  * Check the decoded call against @n_staged fds staged ahead of it: every fd
