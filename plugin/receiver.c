@@ -22,7 +22,7 @@
 #include "shmem.h"
 
 /* Per peer and receiver: fds staged ahead of a Send. */
-#define MAX_STAGED_FDS 1024u
+#define MAX_STAGED_FDS WIRE_MAX_FDS_PER_MESSAGE
 /* Per peer: region bytes (declared sizes) queued and not yet received by the
  * application; a sparse 64 GiB memfd must not be mapped on a peer's say-so. */
 #define MAX_PEER_REGION_BYTES (UINT64_C(8) << 30)
@@ -754,6 +754,20 @@ static void refuse_frames(ipcmux_receiver *rx, RxPeer *p, const WireCall *w) {
         rxpeer_credit(rx, p);
 }
 
+/*
+ * No silent loss: frames of @sender were lost or refused, so its stream has
+ * a hole.  Its holds go (the receiver reports -EPIPE once nobody else holds)
+ * and it is told Closed (its sends fail with -EPIPE).
+ */
+static void end_peer_part(ipcmux_receiver *rx, const char *sender) {
+        unsigned holds = lifecycle_get_holds(rx->lc, sender);
+
+        if (holds > 0)
+                (void) lifecycle_release(rx->lc, sender, holds);
+        tell_closed(sender, rx);
+        receiver_changed(rx);
+}
+
 /* Deliver a decoded Send or SendPacked call (see PROTOCOL.md). */
 static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *sender, WireCall *w,
                         sd_bus_error *error) {
@@ -798,6 +812,11 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 decline_all(c, sender, w);
                 refuse_frames(rx, p, w);
                 log_debug("ipcmux: refusing Send from %s to %s: %s", sender, rx->path, strerror(-r));
+                /* An ipcmux sender never sends malformed frames, but it can
+                 * exceed our quota in good faith: then its frames are lost,
+                 * and that must not be silent.  Garbage only gets refused. */
+                if (IN_SET(r, -EDQUOT, -ENOMEM, -EMFILE, -ENFILE))
+                        end_peer_part(rx, sender);
                 if (r == -ENOMEM)
                         return r;
                 if (r == -EDQUOT)
@@ -828,16 +847,8 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 receiver_enqueue(rx, m);
         }
 
-        if (gap) {
-                /* No silent loss: a stream with a hole is over.  The peer's
-                 * holds go (the receiver reports -EPIPE once nobody else
-                 * holds) and it is told Closed (its sends fail with -EPIPE). */
-                unsigned holds = lifecycle_get_holds(rx->lc, sender);
-                if (holds > 0)
-                        (void) lifecycle_release(rx->lc, sender, holds);
-                tell_closed(sender, rx);
-                receiver_changed(rx);
-        }
+        if (gap)
+                end_peer_part(rx, sender);
         return reply_ok(call);
 }
 
@@ -888,8 +899,10 @@ static int method_stage_fds(sd_bus_message *call, void *userdata, sd_bus_error *
                         return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed StageFds call");
                 if (r == 0)
                         break;
-                if (p->n_staged >= MAX_STAGED_FDS) {
+                /* Staged fds count against the peer's fd budget like queued ones. */
+                if (p->n_staged >= MAX_STAGED_FDS || p->n_staged + p->fds_held + 1 > rx->conn->fd_budget) {
                         rxpeer_drop_staged(p);
+                        end_peer_part(rx, sender);
                         return refuse(rx, error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many staged fds");
                 }
                 if (!GREEDY_REALLOC(p->staged, p->allocated_staged, p->n_staged + 1))

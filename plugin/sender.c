@@ -785,6 +785,9 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
                 .n_senders = (unsigned) m->n_senders,
         };
 
+        if (m->n_shmems + m->n_fds + (m->size > c->spill_threshold) > WIRE_MAX_FDS_PER_MESSAGE)
+                return -EMSGSIZE;       /* more fds than any receiver stages */
+
         if (m->size > c->spill_threshold) {
                 /* Too big to travel inline: move the bytes into a sealed memfd,
                  * carried as region 0 ahead of the user's regions. */

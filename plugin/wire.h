@@ -34,8 +34,11 @@ enum {
 /* Limits of one call (dbus-daemon: 16 fds per message; spec: 64 MiB arrays). */
 #define WIRE_MAX_FDS_PER_CALL 16u
 #define WIRE_MAX_INLINE_BYTES (32u << 20)
-/* Attachments of one frame, and staged fds per peer and subchannel. */
+/* Attachments of one frame (decoder bound). */
 #define WIRE_MAX_ATTACHMENTS 65536u
+/* Fds (regions + plain fds, a spilled payload included) of one message:
+ * the receiver stages at most this many ahead of a Send. */
+#define WIRE_MAX_FDS_PER_MESSAGE 1024u
 
 typedef struct WireRegion {
         uint32_t fd_index;
