@@ -57,7 +57,8 @@ int test_spawn(char *const argv[], int *ret_stdout_fd, pid_t *ret_pid);
  * limit bugs.  The binary, its directory chain and any shared library it
  * loads from the build tree must be readable/searchable by uid 65534 (a
  * checkout under a 0700 directory such as /root or `mktemp -d` is not);
- * setpriv then reports "failed to execute" and exits 126/127.
+ * setpriv then reports "failed to execute" and exits 126/127.  Needs root:
+ * returns -EPERM otherwise (tests should GTEST_SKIP() on that).
  */
 int test_spawn_unprivileged(char *const argv[], unsigned nofile, int *ret_stdout_fd, pid_t *ret_pid);
 /*
