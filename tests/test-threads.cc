@@ -1,0 +1,1136 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Threads (ipcmux.h: "Every function may be called from any thread"):
+ * stress tests meant for a ThreadSanitizer build (./run-tests.sh tsan),
+ * also run in the plain and ASan builds.
+ *
+ *  - a sender and its clones used by many threads at once: per-thread
+ *    send order kept (locally and over the bus);
+ *  - subchannels created and dropped concurrently;
+ *  - a receiver blocked in recv while another thread drops the last sender;
+ *  - several threads blocked in recv, each on its own receiver, while one
+ *    thread sends to all of them (no lost wake-ups);
+ *  - handler delivery from several driving threads while receivers are
+ *    dropped (from inside their handlers and from outside);
+ *  - one-shot servers bootstrapped concurrently.
+ *
+ * Handler state is deliberately touched WITHOUT a lock inside the handlers:
+ * calls for one receiver never overlap, and the library's lock must order
+ * them (TSan reports it otherwise).  The test thread reads that state only
+ * after joining the threads that drove the handlers.
+ *
+ * Sizes keep the binary under ~30 s with TSan.
+ */
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <poll.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "bus-fixture.h"
+
+namespace {
+
+struct Unref {
+        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
+        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
+        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
+        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
+        void operator()(ipcmux_server *p) const { ipcmux_server_unref(p); }
+};
+using Channel = std::unique_ptr<ipcmux_channel, Unref>;
+using Sender = std::unique_ptr<ipcmux_sender, Unref>;
+using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
+using Message = std::unique_ptr<ipcmux_message, Unref>;
+using Server = std::unique_ptr<ipcmux_server, Unref>;
+
+template <typename T> class OutPtr {
+public:
+        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
+        ~OutPtr() {
+                if (p_)
+                        u_.reset(p_);
+        }
+        operator T **() { return &p_; }
+
+private:
+        std::unique_ptr<T, Unref> &u_;
+        T *p_ = nullptr;
+};
+template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
+        return OutPtr<T>(u);
+}
+
+struct Sub {
+        Sender tx;
+        Receiver rx;
+};
+
+void new_sub(ipcmux_channel *c, Sub *s) {
+        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
+}
+
+Sender clone(ipcmux_sender *s) {
+        return Sender(ipcmux_sender_ref(s));
+}
+
+/* "t:i" payloads: which thread, which of its sends. */
+std::string tagged(int t, int i) {
+        return std::to_string(t) + ":" + std::to_string(i);
+}
+bool parse_tagged(const std::string &s, int *t, int *i) {
+        return sscanf(s.c_str(), "%d:%d", t, i) == 2;
+}
+
+/* Keeps a connection dispatched from a thread of its own. */
+class Pump {
+public:
+        ~Pump() { stop(); }
+        void start(ipcmux_channel *ch) {
+                ASSERT_NO_FATAL_FAILURE(new_sub(ch, &sub_));
+                ipcmux_receiver *rx = sub_.rx.get();
+                thread_ = std::thread([this, rx]() {
+                        while (!stop_.load()) {
+                                ipcmux_message *m = nullptr;
+                                (void) ipcmux_receiver_try_recv_timeout(rx, 10000, &m);
+                                ipcmux_message_unref(m);
+                        }
+                });
+        }
+        void stop() {
+                if (!thread_.joinable())
+                        return;
+                stop_ = true;
+                (void) ipcmux_sender_send_bytes(sub_.tx.get(), "", 0);
+                thread_.join();
+                sub_.tx.reset();
+                sub_.rx.reset();
+        }
+
+private:
+        Sub sub_;
+        std::thread thread_;
+        std::atomic<bool> stop_{false};
+};
+
+class ThreadTest : public BusTest {
+protected:
+        Channel far;
+
+        void TearDown() override {
+                far.reset();
+                BusTest::TearDown();
+        }
+
+        /* A second connection of this process: its messages travel through the bus. */
+        void open_far() {
+                sd_bus *bus = nullptr;
+                ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
+                int r = ipcmux_channel_new_for_bus(bus, out(far));
+                sd_bus_unref(bus);
+                ASSERT_OK(r);
+        }
+
+        /* A subchannel received on @rx_side, sent to through @tx_side (one-shot server). */
+        void bridge(ipcmux_channel *rx_side, ipcmux_channel *tx_side, Sender *tx, Receiver *rx) {
+                Server srv;
+                Message first;
+                char *name = nullptr;
+
+                ASSERT_OK(ipcmux_server_new_for_channel(rx_side, out(srv), &name));
+                int r = ipcmux_sender_connect_for_channel(tx_side, name, out(*tx));
+                free(name);
+                ASSERT_OK(r);
+                ASSERT_OK(ipcmux_sender_send_bytes(tx->get(), "hello", 5));
+                ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 10000000, out(*rx), out(first)));
+                ASSERT_EQ(msg_str(first.get()), "hello");
+        }
+
+        /*
+         * @T threads send @N tagged messages each through their own clone of
+         * @tx (dropped when done), while this thread receives on @rx: all
+         * arrive, each thread's in order.  Then the original is dropped: EOF.
+         */
+        void clones_stress(Sender tx, ipcmux_receiver *rx, int T, int N) {
+                std::vector<std::thread> threads;
+                std::atomic<int> send_errors{0};
+
+                for (int t = 0; t < T; t++) {
+                        Sender mine = clone(tx.get());
+                        threads.emplace_back([t, N, &send_errors](Sender s) {
+                                for (int i = 0; i < N; i++) {
+                                        std::string p = tagged(t, i);
+                                        if (ipcmux_sender_send_bytes(s.get(), p.data(), p.size()) < 0)
+                                                send_errors++;
+                                }
+                        }, std::move(mine));
+                }
+                std::vector<int> next(T, 0);
+                int total = 0, bad = 0;
+                while (total < T * N) {
+                        Message m;
+                        int r = recv_bounded(rx, out(m), 20000000);
+                        ASSERT_GE(r, 0) << "after " << total << " messages: " << strerror(-r);
+                        int t = -1, i = -1;
+                        ASSERT_TRUE(parse_tagged(msg_str(m.get()), &t, &i)) << msg_str(m.get());
+                        ASSERT_TRUE(t >= 0 && t < T);
+                        if (i != next[t])
+                                bad++;
+                        next[t] = i + 1;
+                        total++;
+                }
+                for (auto &th : threads)
+                        th.join();
+                EXPECT_EQ(send_errors.load(), 0);
+                EXPECT_EQ(bad, 0) << "per-thread send order not kept";
+                for (int t = 0; t < T; t++)
+                        EXPECT_EQ(next[t], N);
+                tx.reset();
+                Message m;
+                EXPECT_EQ(recv_bounded(rx, out(m), 20000000), -EPIPE);
+        }
+};
+
+} /* namespace */
+
+/* ---- senders shared by threads ----------------------------------------------- */
+
+TEST_F(ThreadTest, ClonesOfOneSenderFromFourThreads) {
+        Sub s;
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        ASSERT_NO_FATAL_FAILURE(clones_stress(std::move(s.tx), s.rx.get(), 4, 5000));
+}
+
+TEST_F(ThreadTest, ClonesOfOneSenderFromFourThreadsOverTheBus) {
+        Sender tx;
+        Receiver rx;
+        Pump far_pump;
+
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &tx, &rx));
+        /* The sending connection is also read by a thread of its own (credits, Closed). */
+        ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
+        ASSERT_NO_FATAL_FAILURE(clones_stress(std::move(tx), rx.get(), 4, 5000));
+        far_pump.stop();
+}
+
+TEST_F(ThreadTest, OneSenderObjectSharedWithoutClones) {
+        /* The very same ipcmux_sender pointer in four threads at once. */
+        Sub s;
+        std::vector<std::thread> threads;
+        const int T = 4, N = 2000;
+
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        ipcmux_sender *tx = s.tx.get();
+        for (int t = 0; t < T; t++)
+                threads.emplace_back([tx, t]() {
+                        for (int i = 0; i < N; i++) {
+                                std::string p = tagged(t, i);
+                                EXPECT_OK(ipcmux_sender_send_bytes(tx, p.data(), p.size()));
+                        }
+                });
+        std::vector<int> next(T, 0);
+        for (int k = 0; k < T * N; k++) {
+                Message m;
+                ASSERT_OK(recv_bounded(s.rx.get(), out(m)));
+                int t = -1, i = -1;
+                ASSERT_TRUE(parse_tagged(msg_str(m.get()), &t, &i));
+                ASSERT_TRUE(t >= 0 && t < T);
+                EXPECT_EQ(i, next[t]);
+                next[t] = i + 1;
+        }
+        for (auto &th : threads)
+                th.join();
+}
+
+/* ---- subchannel life cycles in parallel -------------------------------------- */
+
+TEST_F(ThreadTest, ConcurrentSubchannelCreationAndDrops) {
+        const int T = 4, N = 400;
+        std::vector<std::thread> threads;
+        std::atomic<int> failures{0};
+
+        for (int t = 0; t < T; t++)
+                threads.emplace_back([this, t, &failures]() {
+                        for (int i = 0; i < N; i++) {
+                                ipcmux_channel *ch = nullptr;
+                                ipcmux_sender *tx = nullptr, *tx2;
+                                ipcmux_receiver *rx = nullptr;
+                                ipcmux_message *m = nullptr;
+                                bool own = i % 3 == 0;
+
+                                /* Sometimes a channel of its own (same connection). */
+                                if (own && ipcmux_channel_new(&ch) < 0) {
+                                        failures++;
+                                        continue;
+                                }
+                                if (ipcmux_channel_sub_channel(own ? ch : warm, &tx, &rx) < 0) {
+                                        failures++;
+                                        ipcmux_channel_unref(ch);
+                                        continue;
+                                }
+                                if (own && i % 2 == 0)
+                                        ch = ipcmux_channel_unref(ch);  /* before its subchannel */
+                                tx2 = ipcmux_sender_ref(tx);
+                                if (ipcmux_sender_send_bytes(tx2, "x", 1) < 0)
+                                        failures++;
+                                switch ((i + t) % 3) {
+                                case 0: /* receiver first: the sender sees -EPIPE */
+                                        ipcmux_receiver_unref(rx);
+                                        if (ipcmux_sender_send_bytes(tx, "y", 1) != -EPIPE)
+                                                failures++;
+                                        ipcmux_sender_unref(tx2);
+                                        ipcmux_sender_unref(tx);
+                                        break;
+                                case 1: /* senders first: message, then EOF */
+                                        ipcmux_sender_unref(tx);
+                                        ipcmux_sender_unref(tx2);
+                                        if (recv_bounded(rx, &m) < 0)
+                                                failures++;
+                                        m = ipcmux_message_unref(m);
+                                        if (recv_bounded(rx, &m) != -EPIPE)
+                                                failures++;
+                                        ipcmux_receiver_unref(rx);
+                                        break;
+                                default: /* receive, then drop both with a message queued */
+                                        if (recv_bounded(rx, &m) < 0)
+                                                failures++;
+                                        m = ipcmux_message_unref(m);
+                                        (void) ipcmux_sender_send_bytes(tx, "z", 1);
+                                        ipcmux_sender_unref(tx2);
+                                        ipcmux_receiver_unref(rx);
+                                        ipcmux_sender_unref(tx);
+                                        break;
+                                }
+                                ipcmux_channel_unref(ch);
+                        }
+                });
+        for (auto &th : threads)
+                th.join();
+        EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(ThreadTest, SendersAndReceiversDroppedOnOtherThreads) {
+        /* Made on one thread, used on a second, dropped on a third. */
+        const int N = 200;
+        std::vector<Sub> subs(N);
+        for (auto &s : subs)
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        std::thread sender([&subs]() {
+                for (auto &s : subs)
+                        EXPECT_OK(ipcmux_sender_send_bytes(s.tx.get(), "m", 1));
+        });
+        sender.join();
+        std::thread dropper([&subs]() {
+                for (auto &s : subs)
+                        s.tx.reset();
+        });
+        std::thread receiver([&subs]() {
+                for (auto &s : subs) {
+                        Message m;
+                        EXPECT_OK(recv_bounded(s.rx.get(), out(m)));
+                        m.reset();
+                        EXPECT_EQ(recv_bounded(s.rx.get(), out(m)), -EPIPE);
+                }
+        });
+        dropper.join();
+        receiver.join();
+        std::thread rx_dropper([&subs]() {
+                for (auto &s : subs)
+                        s.rx.reset();
+        });
+        rx_dropper.join();
+}
+
+TEST_F(ThreadTest, ReceiverBlockedWhileAnotherThreadDropsLastSender) {
+        for (int i = 0; i < 200; i++) {
+                Sub s;
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+                int result = 1;
+                ipcmux_receiver *rx = s.rx.get();
+                std::thread blocked([rx, &result]() {
+                        Message m;
+                        result = recv_bounded(rx, out(m), 10000000);
+                });
+                if (i % 2)
+                        usleep(i % 7 * 100);
+                s.tx.reset();
+                blocked.join();
+                ASSERT_EQ(result, -EPIPE) << "iteration " << i;
+        }
+}
+
+TEST_F(ThreadTest, ReceiverBlockedWhileClonesDroppedOnManyThreads) {
+        for (int i = 0; i < 50; i++) {
+                Sub s;
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+                ipcmux_receiver *rx = s.rx.get();
+                int got = 0, end = 1;
+                std::thread blocked([rx, &got, &end]() {
+                        Message m;
+                        int r;
+                        while ((r = recv_bounded(rx, out(m), 10000000)) >= 0)
+                                got++;
+                        end = r;
+                });
+                std::vector<std::thread> droppers;
+                for (int t = 0; t < 3; t++)
+                        droppers.emplace_back([](Sender c) {
+                                EXPECT_OK(ipcmux_sender_send_bytes(c.get(), "c", 1));
+                        }, clone(s.tx.get()));
+                s.tx.reset();
+                for (auto &d : droppers)
+                        d.join();
+                blocked.join();
+                EXPECT_EQ(got, 3);
+                ASSERT_EQ(end, -EPIPE) << "iteration " << i;
+        }
+}
+
+TEST_F(ThreadTest, ReceiverBlockedWhileRemoteSenderDropped) {
+        /* The last sender is on another connection: the EOF comes over the bus. */
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        for (int i = 0; i < 30; i++) {
+                Sender tx;
+                Receiver rx;
+                ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &tx, &rx));
+                int result = 1;
+                ipcmux_receiver *r = rx.get();
+                std::thread blocked([r, &result]() {
+                        Message m;
+                        result = recv_bounded(r, out(m), 10000000);
+                });
+                std::thread dropper([&tx]() { tx.reset(); });
+                dropper.join();
+                blocked.join();
+                ASSERT_EQ(result, -EPIPE) << "iteration " << i;
+        }
+}
+
+/* ---- many waiters -------------------------------------------------------------- */
+
+namespace {
+
+/* @R threads each block in recv on their own receiver; one thread sends
+ * @N messages to each in turn, then drops the senders. */
+void fan_out(std::vector<Sender> &txs, std::vector<Receiver> &rxs, int N) {
+        const size_t R = rxs.size();
+        std::vector<int> got(R, 0), bad(R, 0), end(R, 1);
+        std::vector<std::thread> receivers;
+
+        for (size_t k = 0; k < R; k++)
+                receivers.emplace_back([&, k]() {
+                        int r;
+                        for (;;) {
+                                Message m;
+                                r = recv_bounded(rxs[k].get(), out(m), 10000000);
+                                if (r < 0)
+                                        break;
+                                if (msg_str(m.get()) != std::to_string(got[k]))
+                                        bad[k]++;
+                                got[k]++;
+                        }
+                        end[k] = r;
+                });
+        std::thread sender([&]() {
+                for (int i = 0; i < N; i++) {
+                        for (size_t k = 0; k < R; k++) {
+                                std::string p = std::to_string(i);
+                                EXPECT_OK(ipcmux_sender_send_bytes(txs[k].get(), p.data(), p.size()));
+                        }
+                        /* Now and then let the receivers drain and block again. */
+                        if (i % 64 == 0)
+                                usleep(200);
+                }
+                for (auto &t : txs)
+                        t.reset();
+        });
+        sender.join();
+        for (auto &t : receivers)
+                t.join();
+        for (size_t k = 0; k < R; k++) {
+                EXPECT_EQ(got[k], N) << "receiver " << k << " (a lost wake-up times out with fewer)";
+                EXPECT_EQ(bad[k], 0) << "receiver " << k;
+                EXPECT_EQ(end[k], -EPIPE) << "receiver " << k << ": " << strerror(-end[k]);
+        }
+}
+
+} /* namespace */
+
+TEST_F(ThreadTest, FourBlockedReceiversOneSenderThread) {
+        std::vector<Sender> txs(4);
+        std::vector<Receiver> rxs(4);
+        for (int k = 0; k < 4; k++)
+                ASSERT_OK(ipcmux_channel_sub_channel(warm, out(txs[k]), out(rxs[k])));
+        ASSERT_NO_FATAL_FAILURE(fan_out(txs, rxs, 2000));
+}
+
+TEST_F(ThreadTest, FourBlockedReceiversOneSenderThreadOverTheBus) {
+        /* Input arrives on the socket: whichever receiver thread polls must
+         * hand the others their messages. */
+        std::vector<Sender> txs(4);
+        std::vector<Receiver> rxs(4);
+        Pump far_pump;
+
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        for (int k = 0; k < 4; k++)
+                ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &txs[k], &rxs[k]));
+        ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
+        ASSERT_NO_FATAL_FAILURE(fan_out(txs, rxs, 1000));
+        far_pump.stop();
+}
+
+TEST_F(ThreadTest, ReceiverHandedFromThreadToThread) {
+        /* One thread at a time, but not always the same one. */
+        Sub s;
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        std::thread sender([&s]() {
+                for (int i = 0; i < 1000; i++) {
+                        std::string p = std::to_string(i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(s.tx.get(), p.data(), p.size()));
+                }
+                s.tx.reset();
+        });
+        int next = 0;
+        for (int round = 0; round < 10; round++) {
+                std::thread t([&s, &next]() {
+                        for (int i = 0; i < 100; i++) {
+                                Message m;
+                                ASSERT_OK(recv_bounded(s.rx.get(), out(m)));
+                                EXPECT_EQ(msg_str(m.get()), std::to_string(next));
+                                next++;
+                        }
+                });
+                t.join();
+        }
+        sender.join();
+        Message m;
+        EXPECT_EQ(recv_bounded(s.rx.get(), out(m)), -EPIPE);
+}
+
+/* ---- handlers under threads ------------------------------------------------------ */
+
+namespace {
+
+constexpr int kSenders = 2;
+
+/* Touched by handler calls only (no lock: the library orders the calls). */
+struct HState {
+        int last[kSenders];
+        int count = 0;
+        int bad_order = 0;
+        int bad_call = 0;
+        int eofs = 0;
+        int after_end = 0;
+        bool ended = false;
+        int drop_inside_at = 0;         /* drop the receiver inside call #n (0: never) */
+        std::atomic<int> in_call{0};
+        std::atomic<int> overlaps{0};
+        std::atomic<int> progress{0};
+        std::atomic<bool> done{false};
+        HState() {
+                for (int &l : last)
+                        l = -1;
+        }
+};
+
+void stress_handler(ipcmux_receiver *r, ipcmux_message *m, int error, void *userdata) {
+        HState *st = (HState *) userdata;
+
+        if (st->in_call.fetch_add(1) != 0)
+                st->overlaps++;
+        if (st->ended)
+                st->after_end++;
+        if (m && error == 0) {
+                int t = -1, i = -1;
+                if (!parse_tagged(msg_str(m), &t, &i) || t < 0 || t >= kSenders)
+                        st->bad_call++;
+                else {
+                        if (i != st->last[t] + 1)
+                                st->bad_order++;
+                        st->last[t] = i;
+                }
+                st->count++;
+                st->progress++;
+                if (st->drop_inside_at && st->count == st->drop_inside_at) {
+                        ipcmux_receiver_unref(r);
+                        st->ended = true;
+                        st->done = true;
+                }
+        } else if (!m && error == -EPIPE) {
+                st->eofs++;
+                st->ended = true;
+                st->done = true;
+        } else
+                st->bad_call++;
+        st->in_call.fetch_sub(1);
+}
+
+} /* namespace */
+
+TEST_F(ThreadTest, ConcurrentHandlerDeliveryAndDrops) {
+        const int R = 8, N = 800, D = 3;
+        std::vector<Sub> subs(R);
+        std::vector<HState> st(R);
+        std::vector<ipcmux_receiver *> raw(R);
+        std::vector<Sub> pumps(D);
+        std::atomic<bool> stop{false};
+
+        for (int k = 0; k < R; k++) {
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &subs[k]));
+                raw[k] = subs[k].rx.release();
+                if (k % 4 == 3)
+                        st[k].drop_inside_at = 100;     /* dropped from inside its handler */
+                ASSERT_OK(ipcmux_receiver_set_handler(raw[k], stress_handler, &st[k]));
+        }
+        /* Several threads drive the connection (blocking calls on their pumps). */
+        std::vector<std::thread> drivers;
+        for (int d = 0; d < D; d++) {
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &pumps[d]));
+                ipcmux_receiver *prx = pumps[d].rx.get();
+                drivers.emplace_back([prx, &stop]() {
+                        while (!stop.load()) {
+                                ipcmux_message *m = nullptr;
+                                (void) ipcmux_receiver_try_recv_timeout(prx, 5000, &m);
+                                ipcmux_message_unref(m);
+                        }
+                });
+        }
+        std::vector<std::thread> senders;
+        std::atomic<int> send_errors{0};
+        for (int t = 0; t < kSenders; t++) {
+                std::vector<ipcmux_sender *> mine;
+                for (auto &s : subs)
+                        mine.push_back(ipcmux_sender_ref(s.tx.get()));
+                senders.emplace_back([t, N, mine, &send_errors]() {
+                        for (int i = 0; i < N; i++)
+                                for (ipcmux_sender *s : mine) {
+                                        std::string p = tagged(t, i);
+                                        int r = ipcmux_sender_send_bytes(s, p.data(), p.size());
+                                        if (r < 0 && r != -EPIPE)      /* -EPIPE: receiver dropped */
+                                                send_errors++;
+                                }
+                        for (ipcmux_sender *s : mine)
+                                ipcmux_sender_unref(s);
+                });
+        }
+        /* Receivers k % 4 == 1 are dropped from this thread mid-stream,
+         * possibly while a driver thread runs their handler. */
+        uint64_t end = test_now_usec() + 30000000;
+        for (int k = 1; k < R; k += 4) {
+                while (st[k].progress.load() < 150 && test_now_usec() < end)
+                        usleep(500);
+                ipcmux_receiver_unref(raw[k]);
+                raw[k] = nullptr;
+        }
+        for (auto &t : senders)
+                t.join();
+        for (auto &s : subs)
+                s.tx.reset();
+        /* Every receiver still there sees its EOF. */
+        for (int k = 0; k < R; k++)
+                if (raw[k] && k % 4 != 3)
+                        while (!st[k].done.load() && test_now_usec() < end)
+                                usleep(1000);
+        stop = true;
+        for (auto &p : pumps)
+                (void) ipcmux_sender_send_bytes(p.tx.get(), "", 0);
+        for (auto &t : drivers)
+                t.join();
+
+        for (int k = 0; k < R; k++) {
+                SCOPED_TRACE("receiver " + std::to_string(k));
+                EXPECT_EQ(st[k].overlaps.load(), 0);
+                EXPECT_EQ(st[k].bad_call, 0);
+                EXPECT_EQ(st[k].bad_order, 0);
+                EXPECT_EQ(st[k].after_end, 0);
+                if (k % 4 == 3) {
+                        EXPECT_EQ(st[k].count, 100);
+                        EXPECT_EQ(st[k].eofs, 0);
+                } else if (k % 4 == 1) {
+                        EXPECT_GE(st[k].count, 150);
+                        EXPECT_LE(st[k].eofs, 1);
+                } else {
+                        EXPECT_EQ(st[k].count, kSenders * N);
+                        EXPECT_EQ(st[k].eofs, 1);
+                }
+        }
+        for (int k = 0; k < R; k++)
+                if (raw[k] && k % 4 != 3)
+                        ipcmux_receiver_unref(raw[k]);
+        pumps.clear();
+}
+
+TEST_F(ThreadTest, HandlerSetAndUnsetWhileMessagesFlow) {
+        /* set_handler(h) / set_handler(NULL) from this thread while another
+         * drives and a third sends: every message is delivered exactly
+         * once, to the handler or to recv, each side in send order.  (A
+         * handler call may still be running on the driver after
+         * set_handler(NULL) returns, so the two sides interleave.) */
+        const int N = 3000;
+        Sub s, pump;
+        std::atomic<bool> stop{false};
+        struct Seen {
+                std::vector<char> by_handler;
+                int last = -1, bad_order = 0, bad_call = 0;
+                std::atomic<int> n{0}, in_call{0}, overlaps{0};
+        } seen;
+        seen.by_handler.assign(N, 0);
+        auto handler = [](ipcmux_receiver *, ipcmux_message *m, int error, void *userdata) {
+                Seen *sn = (Seen *) userdata;
+                int t = -1, i = -1;
+
+                if (sn->in_call.fetch_add(1) != 0)
+                        sn->overlaps++;
+                if (!m || error != 0 || !parse_tagged(msg_str(m), &t, &i) || i < 0 || i >= N)
+                        sn->bad_call++;
+                else {
+                        if (i <= sn->last)
+                                sn->bad_order++;
+                        sn->last = i;
+                        sn->by_handler[i]++;
+                        sn->n++;
+                }
+                sn->in_call.fetch_sub(1);
+        };
+
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &pump));
+        ipcmux_receiver *prx = pump.rx.get();
+        std::thread driver([prx, &stop]() {
+                while (!stop.load()) {
+                        ipcmux_message *m = nullptr;
+                        (void) ipcmux_receiver_try_recv_timeout(prx, 2000, &m);
+                        ipcmux_message_unref(m);
+                }
+        });
+        std::thread sender([&s]() {
+                for (int i = 0; i < N; i++) {
+                        std::string p = tagged(0, i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(s.tx.get(), p.data(), p.size()));
+                }
+        });
+        std::vector<char> by_recv(N, 0);
+        int received = 0, last = -1, bad_order = 0;
+        uint64_t end = test_now_usec() + 20000000;
+        while (seen.n.load() + received < N && test_now_usec() < end) {
+                ASSERT_OK(ipcmux_receiver_set_handler(s.rx.get(), handler, &seen));
+                usleep(200);
+                ASSERT_OK(ipcmux_receiver_set_handler(s.rx.get(), nullptr, nullptr));
+                Message m;
+                while (ipcmux_receiver_try_recv(s.rx.get(), out(m)) >= 0) {
+                        int t = -1, i = -1;
+                        ASSERT_TRUE(parse_tagged(msg_str(m.get()), &t, &i) && i >= 0 && i < N);
+                        if (i <= last)
+                                bad_order++;
+                        last = i;
+                        by_recv[i]++;
+                        received++;
+                }
+        }
+        sender.join();
+        stop = true;
+        (void) ipcmux_sender_send_bytes(pump.tx.get(), "", 0);
+        driver.join();
+        EXPECT_EQ(seen.n.load() + received, N);
+        EXPECT_EQ(bad_order, 0) << "recv out of order";
+        EXPECT_EQ(seen.bad_order, 0) << "handler calls out of order";
+        EXPECT_EQ(seen.bad_call, 0);
+        EXPECT_EQ(seen.overlaps.load(), 0);
+        int wrong = 0;
+        for (int i = 0; i < N; i++)
+                wrong += seen.by_handler[i] + by_recv[i] != 1;
+        EXPECT_EQ(wrong, 0) << "messages lost or delivered twice";
+}
+
+TEST_F(ThreadTest, EventLoopThreadBesideBlockingThreads) {
+        /* One thread runs an attached sd-event loop (handlers), another
+         * blocks in recv, senders are local threads and a second
+         * connection: all of them dispatch the same connection. */
+        const int N = 1500;
+        sd_event *e = nullptr;
+        Sub handled, plain;
+        Sender remote_tx;
+        Receiver remote_rx;
+        HState st;
+        std::atomic<bool> stop{false};
+        Pump far_pump;
+
+        /* The loop fd lives as long as the connection: not a leak. */
+        ASSERT_GE(ipcmux_channel_get_fd(warm), 0);
+        fds_before = test_count_fds();
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &handled));
+        ASSERT_NO_FATAL_FAILURE(new_sub(warm, &plain));
+        ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &remote_tx, &remote_rx));
+        ASSERT_OK(ipcmux_receiver_set_handler(handled.rx.get(), stress_handler, &st));
+        ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
+
+        std::thread loop([&]() {
+                ASSERT_OK(sd_event_new(&e));
+                ASSERT_OK(ipcmux_channel_attach_event(warm, e, 0));
+                while (!stop.load())
+                        if (sd_event_run(e, 100000) < 0)
+                                break;
+                EXPECT_OK(ipcmux_channel_detach_event(warm));
+                e = sd_event_unref(e);
+        });
+        struct Side {
+                ipcmux_receiver *rx;
+                int got = 0, bad = 0, end = 1;
+                bool done = false;
+        } sides[2] = {{plain.rx.get()}, {remote_rx.get()}};
+        int stalls = 0;         /* selects that slept > 2 s although work kept coming */
+        std::thread blocked([&]() {
+                for (;;) {
+                        ipcmux_receiver *rxs[2];
+                        Side *which[2];
+                        size_t n = 0, idx = 0;
+                        for (auto &sd : sides)
+                                if (!sd.done) {
+                                        rxs[n] = sd.rx;
+                                        which[n++] = &sd;
+                                }
+                        if (n == 0)
+                                return;
+                        uint64_t t0 = test_now_usec();
+                        int r = ipcmux_receiver_select(rxs, n, 10000000, &idx);
+                        if (test_now_usec() - t0 > 2000000)
+                                stalls++;
+                        if (r < 0) {
+                                ADD_FAILURE() << "select: " << strerror(-r);
+                                return;
+                        }
+                        Side *sd = which[idx];
+                        Message m;
+                        r = ipcmux_receiver_try_recv(sd->rx, out(m));
+                        if (r >= 0)
+                                sd->bad += msg_str(m.get()) != std::to_string(sd->got++);
+                        else {
+                                sd->end = r;
+                                sd->done = true;
+                        }
+                }
+        });
+        std::thread local_sender([&]() {
+                for (int i = 0; i < N; i++) {
+                        std::string p = std::to_string(i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(plain.tx.get(), p.data(), p.size()));
+                        p = tagged(0, i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(handled.tx.get(), p.data(), p.size()));
+                }
+                plain.tx.reset();
+        });
+        std::thread remote_sender([&]() {
+                for (int i = 0; i < N; i++) {
+                        std::string p = std::to_string(i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(remote_tx.get(), p.data(), p.size()));
+                        p = tagged(1, i);
+                        EXPECT_OK(ipcmux_sender_send_bytes(handled.tx.get(), p.data(), p.size()));
+                }
+                remote_tx.reset();
+        });
+        local_sender.join();
+        remote_sender.join();
+        handled.tx.reset();
+        blocked.join();
+        uint64_t end = test_now_usec() + 20000000;
+        while (!st.done.load() && test_now_usec() < end)
+                usleep(1000);
+        stop = true;
+        loop.join();
+        far_pump.stop();
+
+        EXPECT_EQ(stalls, 0) << "lost wake-up: select slept while its receivers became ready";
+        for (auto &sd : sides) {
+                EXPECT_EQ(sd.got, N);
+                EXPECT_EQ(sd.bad, 0);
+                EXPECT_EQ(sd.end, -EPIPE);
+        }
+        EXPECT_EQ(st.count, 2 * N);
+        EXPECT_EQ(st.eofs, 1);
+        EXPECT_EQ(st.bad_order, 0);
+        EXPECT_EQ(st.bad_call, 0);
+        EXPECT_EQ(st.after_end, 0);
+        EXPECT_EQ(st.overlaps.load(), 0);
+}
+
+namespace {
+
+/* A thread driving @ch as an application's event loop would: sd-event
+ * (attach_event + sd_event_run) or a custom poll() loop over the quartet. */
+class LoopThread {
+public:
+        enum Kind { SD_EVENT, CUSTOM };
+        ~LoopThread() { stop(); }
+        void start(ipcmux_channel *ch, Kind kind) {
+                ch_ = ch;
+                stop_ = false;
+                thread_ = std::thread([this, kind]() {
+                        if (kind == SD_EVENT)
+                                run_event();
+                        else
+                                run_custom();
+                });
+                /* Attached before the test goes on. */
+                std::unique_lock<std::mutex> g(mu_);
+                cv_.wait(g, [this] { return attached_; });
+        }
+        void stop() {
+                if (!thread_.joinable())
+                        return;
+                stop_ = true;
+                thread_.join();
+        }
+
+private:
+        void attached(int r) {
+                EXPECT_OK(r);
+                std::lock_guard<std::mutex> g(mu_);
+                attached_ = true;
+                cv_.notify_all();
+        }
+        void run_event() {
+                sd_event *e = nullptr;
+                int r = sd_event_new(&e);
+                if (r >= 0)
+                        r = ipcmux_channel_attach_event(ch_, e, 0);
+                attached(r);
+                if (r < 0) {
+                        sd_event_unref(e);
+                        return;
+                }
+                while (!stop_.load())
+                        if (sd_event_run(e, 20000) < 0)
+                                break;
+                EXPECT_OK(ipcmux_channel_detach_event(ch_));
+                sd_event_unref(e);
+        }
+        void run_custom() {
+                int r = ipcmux_channel_attach_loop(ch_);
+                int fd = ipcmux_channel_get_fd(ch_);
+                attached(r < 0 ? r : fd);
+                if (r < 0 || fd < 0)
+                        return;
+                while (!stop_.load()) {
+                        uint64_t until = UINT64_MAX, now = test_now_usec();
+                        int events = ipcmux_channel_get_events(ch_), ms = 20;
+                        if (events < 0 || ipcmux_channel_get_timeout(ch_, &until) < 0)
+                                break;
+                        if (until <= now)
+                                ms = 0;
+                        else if (until - now < 20000)
+                                ms = (int) ((until - now + 999) / 1000);
+                        struct pollfd p = { .fd = fd, .events = (short) events, .revents = 0 };
+                        (void) poll(&p, 1, ms);
+                        while (ipcmux_channel_process(ch_) > 0)
+                                ;
+                }
+                EXPECT_OK(ipcmux_channel_detach_loop(ch_));
+        }
+
+        ipcmux_channel *ch_ = nullptr;
+        std::thread thread_;
+        std::atomic<bool> stop_{false};
+        std::mutex mu_;
+        std::condition_variable cv_;
+        bool attached_ = false;
+};
+
+} /* namespace */
+
+/*
+ * ipcmux.h: "Blocking ipcmux calls keep working beside [an attached loop]".
+ * A loop runs in one thread; this thread blocks in recv; a third thread
+ * sends.  Each recv must return promptly: a wake-up meant for the blocked
+ * thread must not be consumed by the loop's ipcmux_channel_process().
+ */
+class BesideLoopTest : public ThreadTest, public ::testing::WithParamInterface<LoopThread::Kind> {
+protected:
+        void SetUp() override {
+                ThreadTest::SetUp();
+                if (HasFatalFailure())
+                        return;
+                /* The loop fd lives as long as the connection: not a leak. */
+                ASSERT_GE(ipcmux_channel_get_fd(warm), 0);
+                fds_before = test_count_fds();
+        }
+
+        /* @n rounds: another thread makes receiver #i ready after a short
+         * delay (@make_ready); recv must see it within 1 s.  A lost wake-up
+         * shows as a recv that sleeps to its 1.5 s bound and then finds
+         * the message anyway. */
+        void rounds(int n, const std::function<void(int)> &make_ready, const std::function<ipcmux_receiver *(int)> &rx_of,
+                    bool expect_eof) {
+                int slow = 0, wrong = 0;
+                for (int i = 0; i < n; i++) {
+                        std::thread t([&make_ready, i]() {
+                                usleep(2000);
+                                make_ready(i);
+                        });
+                        Message m;
+                        uint64_t t0 = test_now_usec();
+                        int r = recv_bounded(rx_of(i), out(m), 1500000);
+                        uint64_t dt = test_now_usec() - t0;
+                        t.join();
+                        if (dt > 1000000)
+                                slow++;
+                        if (expect_eof ? r != -EPIPE : r < 0)
+                                wrong++;
+                        if (slow >= 2)
+                                break;  /* proven; spare the time */
+                }
+                EXPECT_EQ(slow, 0) << "recvs slept > 1 s although woken (lost wake-up)";
+                EXPECT_EQ(wrong, 0) << "of " << n << " recvs returned the wrong result";
+        }
+};
+
+TEST_P(BesideLoopTest, BlockedRecvWokenByLocalSend) {
+        LoopThread loop;
+        const int N = 60;
+        std::vector<Sub> subs(N);
+        for (auto &s : subs)
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        ASSERT_NO_FATAL_FAILURE(loop.start(warm, GetParam()));
+        rounds(N, [&](int i) { (void) ipcmux_sender_send_bytes(subs[i].tx.get(), "x", 1); },
+               [&](int i) { return subs[i].rx.get(); }, false);
+        loop.stop();
+}
+
+TEST_P(BesideLoopTest, BlockedRecvWokenByLocalDisconnect) {
+        LoopThread loop;
+        const int N = 60;
+        std::vector<Sub> subs(N);
+        for (auto &s : subs)
+                ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
+        ASSERT_NO_FATAL_FAILURE(loop.start(warm, GetParam()));
+        rounds(N, [&](int i) { subs[i].tx.reset(); }, [&](int i) { return subs[i].rx.get(); }, true);
+        loop.stop();
+}
+
+TEST_P(BesideLoopTest, BlockedRecvWokenByMessageOverTheBus) {
+        LoopThread loop;
+        Pump far_pump;
+        const int N = 60;
+        std::vector<Sender> txs(N);
+        std::vector<Receiver> rxs(N);
+
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        for (int i = 0; i < N; i++)
+                ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &txs[i], &rxs[i]));
+        ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
+        ASSERT_NO_FATAL_FAILURE(loop.start(warm, GetParam()));
+        rounds(N, [&](int i) { (void) ipcmux_sender_send_bytes(txs[i].get(), "x", 1); },
+               [&](int i) { return rxs[i].get(); }, false);
+        loop.stop();
+        far_pump.stop();
+        txs.clear();
+        rxs.clear();
+}
+
+INSTANTIATE_TEST_SUITE_P(Loops, BesideLoopTest, ::testing::Values(LoopThread::SD_EVENT, LoopThread::CUSTOM),
+                         [](const ::testing::TestParamInfo<LoopThread::Kind> &info) {
+                                 return std::string(info.param == LoopThread::SD_EVENT ? "SdEvent" : "Custom");
+                         });
+
+/* ---- one-shot servers in parallel ---------------------------------------------- */
+
+TEST_F(ThreadTest, ConcurrentOneShotServers) {
+        const int T = 4, N = 25;
+        std::vector<std::thread> threads;
+        std::atomic<int> failures{0};
+
+        ASSERT_NO_FATAL_FAILURE(open_far());
+        for (int t = 0; t < T; t++)
+                threads.emplace_back([this, t, &failures]() {
+                        for (int i = 0; i < N; i++) {
+                                Sender tx;
+                                Receiver rx;
+                                bridge(warm, far.get(), &tx, &rx);
+                                if (!tx || !rx) {
+                                        failures++;
+                                        continue;
+                                }
+                                std::string p = tagged(t, i);
+                                if (ipcmux_sender_send_bytes(tx.get(), p.data(), p.size()) < 0)
+                                        failures++;
+                                tx.reset();
+                                Message m;
+                                int r = recv_bounded(rx.get(), out(m));
+                                if (r < 0 || msg_str(m.get()) != p) {
+                                        ADD_FAILURE() << "thread " << t << " #" << i << ": recv " << r << " "
+                                                      << (m ? msg_str(m.get()) : "") << " != " << p;
+                                        failures++;
+                                }
+                                m.reset();
+                                r = recv_bounded(rx.get(), out(m));
+                                if (r != -EPIPE) {
+                                        ADD_FAILURE() << "thread " << t << " #" << i << ": end " << r;
+                                        failures++;
+                                }
+                        }
+                });
+        for (auto &th : threads)
+                th.join();
+        EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_F(ThreadTest, ConcurrentOneShotServersWithHelperProcesses) {
+        const int T = 3;
+        std::vector<std::thread> threads;
+        std::vector<int> got(T, -1), end(T, 1), status(T, -1);
+
+        for (int t = 0; t < T; t++)
+                threads.emplace_back([t, &got, &end, &status]() {
+                        ipcmux_server *srv = nullptr;
+                        char *name = nullptr;
+                        pid_t pid = -1;
+
+                        if (ipcmux_server_new(&srv, &name) < 0)
+                                return;
+                        std::string helper = test_helper_path("helper-client");
+                        char *argv[] = {(char *) helper.c_str(), (char *) "send", name, (char *) "50", nullptr};
+                        /* PDEATHSIG follows this thread: it waits for the child. */
+                        if (test_spawn(argv, NULL, &pid) >= 0) {
+                                ipcmux_receiver *rx = nullptr;
+                                ipcmux_message *first = nullptr;
+                                if (ipcmux_server_accept_timeout(srv, 20000000, &rx, &first) >= 0) {
+                                        ipcmux_message *m = nullptr;
+                                        int r, n = 0;
+                                        ipcmux_message_unref(first);
+                                        while ((r = recv_bounded(rx, &m)) >= 0) {
+                                                if (msg_str(m) == "msg-" + std::to_string(n))
+                                                        n++;
+                                                m = ipcmux_message_unref(m);
+                                        }
+                                        got[t] = n;
+                                        end[t] = r;
+                                        ipcmux_receiver_unref(rx);
+                                }
+                                int st = -1;
+                                if (test_wait(pid, 30000, &st) < 0) {
+                                        kill(pid, SIGKILL);
+                                        test_wait(pid, 10000, NULL);
+                                }
+                                status[t] = st;
+                        }
+                        free(name);
+                        ipcmux_server_unref(srv);
+                });
+        for (auto &th : threads)
+                th.join();
+        for (int t = 0; t < T; t++) {
+                EXPECT_EQ(got[t], 50) << "thread " << t;
+                EXPECT_EQ(end[t], -EPIPE) << "thread " << t;
+                EXPECT_TRUE(WIFEXITED(status[t]) && WEXITSTATUS(status[t]) == 0) << "thread " << t;
+        }
+}
