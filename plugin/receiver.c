@@ -970,6 +970,10 @@ static int method_sending(sd_bus_message *call, void *userdata, sd_bus_error *er
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Malformed Sending call");
         if (!sender || to[0] != ':')
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Destination must be a unique name");
+        /* Check before watching anything: a stranger must not make us
+         * subscribe to names of its choosing. */
+        if (lifecycle_get_holds(rx->lc, sender) == 0)
+                return refuse(rx, error, SD_BUS_ERROR_ACCESS_DENIED, "Caller holds no sender to send");
         to = normalize_name(c, to);
         if (to) {
                 /* Watch the destination before the copy counts: if it is

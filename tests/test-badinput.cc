@@ -360,3 +360,122 @@ TEST_F(BadInput, RefusedIsCounted) {
                 EXPECT_EQ(refused, 3u);
         });
 }
+
+/*
+ * A stranger that learned the paths calls every method of every object the
+ * process exports, with well-typed random arguments, expecting replies:
+ * every call is answered promptly, nothing is delivered, nothing closed, no
+ * phantom holder appears.
+ */
+TEST_F(BadInput, StrangerCallsEverythingWithRandomArguments) {
+        sd_bus *stranger = NULL;
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &stranger));
+        ipcmux_sender *local_tx = NULL;
+        ipcmux_receiver *local_rx = NULL;
+        ASSERT_OK(ipcmux_channel_sub_channel(warm, &local_tx, &local_rx));
+        std::string local_path = ipcmux_receiver_get_path(local_rx);
+        unsigned seed = 12345;
+        auto rnd = [&] { return seed = seed * 1103515245u + 12345u; };
+        auto rnd_name = [&] { return ":1." + std::to_string(rnd() % 50); };
+        auto rnd_path = [&](const std::string &base) {
+                return (rnd() % 2) ? base : std::string("/org/ipcmux/x") + std::to_string(rnd() % 10);
+        };
+        std::vector<std::string> got;
+        uint64_t slowest = 0;
+
+        run_with_pump(local_rx, &got, [&] {
+                for (int i = 0; i < 300; i++) {
+                        const std::string target = (i % 2) ? path : local_path;
+                        sd_bus_message *m = NULL;
+                        const char *iface = "org.ipcmux.Subchannel1", *member;
+                        std::string p = target;
+                        int which = rnd() % 10;
+                        int r = 0;
+
+                        switch (which) {
+                        case 0: member = "Send"; break;
+                        case 1: member = "SendPacked"; break;
+                        case 2: member = "StageFds"; break;
+                        case 3: member = "Release"; break;
+                        case 4: member = "Sending"; break;
+                        case 5: member = "Claim"; break;
+                        case 6: member = "Decline"; break;
+                        case 7: member = "WantCredit"; break;
+                        case 8: iface = "org.ipcmux.Peer1"; p = "/org/ipcmux";
+                                member = (rnd() % 2) ? "Closed" : "Credit"; break;
+                        default: iface = "org.ipcmux.Peer1"; p = "/org/ipcmux";
+                                member = (rnd() % 2) ? "Ack" : "Connect"; break;
+                        }
+                        if (which == 0) {
+                                RawFrame f;
+                                f.payload = "stranger";
+                                f.senders.push_back({rnd_name(), target, rnd()});
+                                ASSERT_OK(raw_build_send(stranger, me.c_str(), p.c_str(), rnd(), {f}, {}, &m));
+                        } else {
+                                ASSERT_OK(sd_bus_message_new_method_call(stranger, &m, me.c_str(), p.c_str(), iface,
+                                                                         member));
+                                if (which == 1) {
+                                        uint8_t junk[24];
+                                        for (auto &b : junk)
+                                                b = (uint8_t) rnd();
+                                        r = sd_bus_message_append_array(m, 'y', junk, rnd() % sizeof(junk));
+                                } else if (which == 2)
+                                        r = sd_bus_message_append(m, "ah", 0);
+                                else if (which == 3)
+                                        r = sd_bus_message_append(m, "u", rnd() % 4);
+                                else if (which == 4)
+                                        r = sd_bus_message_append(m, "ts", (uint64_t) rnd(), rnd_name().c_str());
+                                else if (which == 5 || which == 6)
+                                        r = sd_bus_message_append(m, "st", rnd_name().c_str(), (uint64_t) rnd());
+                                else if (which == 8 && strcmp(member, "Closed") == 0)
+                                        r = sd_bus_message_append(m, "o", rnd_path(target).c_str());
+                                else if (which == 8)
+                                        r = sd_bus_message_append(m, "ott", rnd_path(target).c_str(),
+                                                                  (uint64_t) rnd(), (uint64_t) rnd());
+                                else if (strcmp(member, "Ack") == 0)
+                                        r = sd_bus_message_append(m, "t", (uint64_t) rnd());
+                                else if (strcmp(member, "Connect") == 0)
+                                        r = sd_bus_message_append(m, "s", "no-such-listener");
+                                ASSERT_OK(r);
+                        }
+                        uint64_t t0 = test_now_usec();
+                        CallResult res = raw_call(stranger, m);
+                        slowest = std::max(slowest, test_now_usec() - t0);
+                        EXPECT_NE(res.error, "org.freedesktop.DBus.Error.NoReply") << member;
+                        EXPECT_NE(res.error, "org.freedesktop.DBus.Error.Timeout") << member;
+                }
+        });
+        EXPECT_LT(slowest, 2000000u) << "every call must be answered promptly";
+        EXPECT_TRUE(got.empty()) << "a stranger delivered something";
+
+        /* Nothing closed, no phantom holder: both subchannels work as before. */
+        ASSERT_OK(ipcmux_sender_send_bytes(local_tx, "still here", 10));
+        ipcmux_message *m = NULL;
+        ASSERT_OK(recv_bounded(local_rx, &m));
+        EXPECT_EQ(msg_str(m), "still here");
+        ipcmux_message_unref(m);
+        send_good("raw still holds");
+        ASSERT_OK(recv_bounded(rx, &m));
+        EXPECT_EQ(msg_str(m), "raw still holds");
+        ipcmux_message_unref(m);
+        char **holders = NULL;
+        run_with_pump(local_rx, nullptr, [&] {
+                sd_bus_error e = SD_BUS_ERROR_NULL;
+                EXPECT_OK(sd_bus_get_property_strv(raw, me.c_str(), path.c_str(), "org.ipcmux.Subchannel1",
+                                                   "Holders", &e, &holders));
+                sd_bus_error_free(&e);
+        });
+        ASSERT_NE(holders, nullptr);
+        EXPECT_NE(holders[0], nullptr);
+        if (holders[0]) {
+                EXPECT_EQ(holders[1], nullptr) << "a phantom holder appeared: " << holders[1];
+        }
+        for (char **h = holders; h && *h; h++)
+                free(*h);
+        free(holders);
+        /* The local subchannel never had a remote holder. */
+        ipcmux_sender_unref(local_tx);
+        EXPECT_EQ(recv_bounded(local_rx, &m), -EPIPE);
+        ipcmux_receiver_unref(local_rx);
+        sd_bus_flush_close_unref(stranger);
+}
