@@ -251,6 +251,7 @@ static void conn_free(Conn *c) {
         hashmap_deinit(&c->listeners);
         wire_call_done(&c->scratch);
         safe_close(c->wake_fd);
+        safe_close(c->loop_wake_fd);
         safe_close(c->epoll_fd);
         pthread_cond_destroy(&c->cond);
         pthread_mutex_destroy(&c->mutex);
@@ -358,8 +359,11 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
                 return -ENOMEM;
 
         c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (c->wake_fd < 0) {
+        c->loop_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (c->wake_fd < 0 || c->loop_wake_fd < 0) {
                 r = negative_errno();
+                safe_close(c->wake_fd);
+                safe_close(c->loop_wake_fd);
                 free(c->unique_name);
                 return r;
         }
@@ -374,6 +378,7 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
                                      root_vtable, c);
         if (r < 0) {
                 safe_close(c->wake_fd);
+                safe_close(c->loop_wake_fd);
                 pthread_cond_destroy(&c->cond);
                 pthread_mutex_destroy(&c->mutex);
                 free(c->unique_name);
@@ -409,11 +414,13 @@ void conn_notify(Conn *c) {
 }
 
 void conn_wake(Conn *c) {
+        uint64_t one = 1;
+
         pthread_cond_broadcast(&c->cond);
-        if (c->polling || c->driven) {
-                uint64_t one = 1;
+        if (c->polling)
                 (void) !write(c->wake_fd, &one, sizeof(one));
-        }
+        if (c->driven)
+                (void) !write(c->loop_wake_fd, &one, sizeof(one));
 }
 
 /* ---- output -------------------------------------------------------------- */
@@ -621,7 +628,7 @@ int conn_process(Conn *c) {
 
         if (c->error < 0)
                 return -ECONNRESET;
-        (void) !read(c->wake_fd, &v, sizeof(v));
+        (void) !read(c->loop_wake_fd, &v, sizeof(v));
         if (c->processing)
                 return 0;
         r = process_one(c);

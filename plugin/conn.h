@@ -52,6 +52,8 @@ struct Conn {
 
         bool polling;                   /* a thread sits in ppoll() without the lock */
         int wake_fd;                    /* eventfd to kick the poller */
+        int loop_wake_fd;               /* eventfd to kick an attached loop (in epoll_fd):
+                                         * separate, so neither drains the other's wake-up */
         unsigned processing;            /* inside sd_bus_process() */
         unsigned n_waiters;
         uint64_t last_dispatch_usec;    /* last time the socket was read */
@@ -72,7 +74,7 @@ struct Conn {
         bool in_handlers;               /* one thread delivers handler calls at a time */
 
         /* External drivers (an event loop) see one fd: an epoll set of the
-         * bus fd and wake_fd, so a local send can wake them too. */
+         * bus fd and loop_wake_fd, so a local send can wake them too. */
         int epoll_fd;
         uint32_t epoll_bus_events;
         bool driven;                    /* an event loop is attached (at most one) */

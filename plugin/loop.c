@@ -5,7 +5,7 @@
  * "driver" slot a connection has.
  *
  * The fd handed to loops is an epoll set holding the bus fd (with the events
- * sd-bus currently wants) and the wake eventfd, so work that does not come
+ * sd-bus currently wants) and a wake eventfd of its own, so work that does not come
  * from the socket (a local send to a receiver with a handler, another
  * thread's output) wakes the loop as well.  Loops only ever poll it for
  * POLLIN.
@@ -29,8 +29,8 @@ static int ensure_epoll(Conn *c) {
         fd = epoll_create1(EPOLL_CLOEXEC);
         if (fd < 0)
                 return negative_errno();
-        ev.data.fd = c->wake_fd;
-        if (epoll_ctl(fd, EPOLL_CTL_ADD, c->wake_fd, &ev) < 0)
+        ev.data.fd = c->loop_wake_fd;
+        if (epoll_ctl(fd, EPOLL_CTL_ADD, c->loop_wake_fd, &ev) < 0)
                 goto fail;
         ev.data.fd = sd_bus_get_fd(c->bus);
         if (ev.data.fd < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, ev.data.fd, &ev) < 0)
