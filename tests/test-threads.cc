@@ -12,7 +12,10 @@
  *    thread sends to all of them (no lost wake-ups);
  *  - handler delivery from several driving threads while receivers are
  *    dropped (from inside their handlers and from outside);
- *  - one-shot servers bootstrapped concurrently.
+ *  - one-shot servers bootstrapped concurrently;
+ *  - an event loop (sd-event or a custom poll() loop) running in one thread
+ *    beside threads blocked in recv/select ("blocking ipcmux calls keep
+ *    working beside it"): their wake-ups must not be lost.
  *
  * Handler state is deliberately touched WITHOUT a lock inside the handlers:
  * calls for one receiver never overlap, and the library's lock must order
@@ -23,6 +26,7 @@
  */
 
 #include <signal.h>
+#include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
