@@ -1420,6 +1420,10 @@ int main(int argc, char **argv) {
                 usage();
         if (o.threads == 0)
                 o.threads = 1;
+#ifndef BENCH_HAVE_GLIB
+        if (o.driver == DRIVER_GLIB)
+                die("built without GLib: -D glib is not available");
+#endif
         setrlimit(RLIMIT_NOFILE, &rl);
         signal(SIGPIPE, SIG_IGN);
         resolve_self_exe();

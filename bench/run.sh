@@ -25,13 +25,17 @@
 #                    all     every group
 #   N_ONEWAY=200000  measured one-way messages per run (W_ONEWAY=2000 warm-up)
 #   N_PING=15000     measured round trips per run (W_PING=200 warm-up)
-#   N_SMALL=50000    measured messages of the senders/loops/flow runs
-#                    (W_SMALL=2000 warm-up)
-#   RR_SUBS=10000    subchannels of the round-robin run (N_RR=50000,
+#   N_IPC=300000     measured messages of the plain 64 B ipcmux runs of the
+#                    senders/loops/flow groups (batched ipcmux runs at
+#                    100-700 k/s: about a second)
+#   N_SMALL=50000    measured messages of their raw reference and of the
+#                    sender-carrying runs (W_SMALL=2000 warm-up for all)
+#   RR_SUBS=10000    subchannels of the round-robin run (N_RR=300000,
 #                    W_RR=10000 warm-up: every subchannel used once first)
 #   SLOW_EVERY=1     one message to the slow subchannel per N busy ones
-#   W_SLOW=10000     warm-up of the slow runs: the never-read subchannel's
-#                    credit window (8192 messages) fills during it
+#   W_SLOW=10000     warm-up of the slow runs (16 x 8192 more for the 1:16
+#                    run): the never-read subchannel's credit window (8192
+#                    messages) fills during it
 #   SLOW_MAX=1000    backlog bound (messages) of the bounded slow run
 #   N_LOCAL=1000000  messages of the same-process runs
 #   N_KEEP=10000     senders the receiver keeps in the fd-growth run
@@ -220,6 +224,7 @@ COMPARISONS_FLOW="$S6|one-way 64 B msgs/s vs raw no-reply calls (goal: >= 2x)|ip
 $S6|ping-pong 64 B p50: ipcmux - raw (µs; goal <= +10)|ipcmux-pingpong-64B|raw-pingpong-64B|p50_us|d<=10
 $S6|busy subchannel beside a never-read one (unbounded backlog) vs solo|ipcmux-busy-slow-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
 $S6|busy subchannel beside a never-read one (backlog bounded to ${SLOW_MAX:-1000}) vs solo|ipcmux-busy-slowQ-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
+$S6|busy subchannel beside a never-read one sent 1 message per 16 busy ones (unbounded) vs solo|ipcmux-busy-slow16-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
 $S6|never-read subchannel, unbounded: backlog at the end (messages, ipcmux_sender_get_queued)|ipcmux-busy-slow-64B|-|slow_queued_msgs|
 $S6|never-read subchannel, unbounded: backlog at the end (bytes of cost)|ipcmux-busy-slow-64B|-|slow_queued_bytes|
 $S6|never-read subchannel, bounded: peak backlog (messages; bound ${SLOW_MAX:-1000})|ipcmux-busy-slowQ-64B|-|slow_peak_msgs|<=${SLOW_MAX:-1000}
@@ -269,9 +274,10 @@ W_ONEWAY=${W_ONEWAY:-2000}
 N_PING=${N_PING:-15000}
 W_PING=${W_PING:-200}
 N_SMALL=${N_SMALL:-50000}
+N_IPC=${N_IPC:-300000}
 W_SMALL=${W_SMALL:-2000}
 RR_SUBS=${RR_SUBS:-10000}
-N_RR=${N_RR:-50000}
+N_RR=${N_RR:-300000}
 W_RR=${W_RR:-$RR_SUBS}
 SLOW_EVERY=${SLOW_EVERY:-1}
 W_SLOW=${W_SLOW:-10000}
@@ -384,7 +390,7 @@ lib_note() {
         echo "dbus-daemon: $(dbus-daemon --version | head -n1)"
         echo "libipcmux: $(lib_note)"
         echo "loadavg before: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "REPEAT=$REPEAT MODES='$MODES' N_ONEWAY=$N_ONEWAY W_ONEWAY=$W_ONEWAY N_PING=$N_PING W_PING=$W_PING N_SMALL=$N_SMALL W_SMALL=$W_SMALL RR_SUBS=$RR_SUBS N_RR=$N_RR W_RR=$W_RR SLOW_EVERY=$SLOW_EVERY W_SLOW=$W_SLOW SLOW_MAX=$SLOW_MAX N_LOCAL=$N_LOCAL N_KEEP=$N_KEEP IPC_FLAGS='$IPC_FLAGS'"
+        echo "REPEAT=$REPEAT MODES='$MODES' N_ONEWAY=$N_ONEWAY W_ONEWAY=$W_ONEWAY N_PING=$N_PING W_PING=$W_PING N_IPC=$N_IPC N_SMALL=$N_SMALL W_SMALL=$W_SMALL RR_SUBS=$RR_SUBS N_RR=$N_RR W_RR=$W_RR SLOW_EVERY=$SLOW_EVERY W_SLOW=$W_SLOW SLOW_MAX=$SLOW_MAX N_LOCAL=$N_LOCAL N_KEEP=$N_KEEP IPC_FLAGS='$IPC_FLAGS'"
         echo "ping-pong bootstrap: $PINGPONG_VIA${VIA_NOTE:+ ($VIA_NOTE)}"
 } | tee "$OUT/machine.txt"
 
@@ -422,7 +428,7 @@ for g in $MODES; do
                 add_region_size 256  6     24   30   0          6
                 ;;
         senders)
-                RUNS+=("senders|ipcmux-s4-plain-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -l ipcmux-s4-plain-64B"
+                RUNS+=("senders|ipcmux-s4-plain-64B|$IPC oneway -s 64 -n $N_IPC -w $W_SMALL -l ipcmux-s4-plain-64B"
                        "senders|ipcmux-s4-sender-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -k sender -l ipcmux-s4-sender-64B"
                        "senders|ipcmux-s4-keep10k|$IPC oneway -s 64 -n $N_KEEP -w 0 -k newsender -K -l ipcmux-s4-keep10k"
                        "senders|ipcmux-local-64B|$IPC local -s 64 -n $N_LOCAL -w 10000"
@@ -430,16 +436,17 @@ for g in $MODES; do
                 ;;
         loops)
                 RUNS+=("loops|raw-oneway-64B-small|$RAWB oneway -s 64 -n $N_SMALL -t 0 -w $W_SMALL -l raw-oneway-64B-small"
-                       "loops|ipcmux-l5-recv-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -l ipcmux-l5-recv-64B"
-                       "loops|ipcmux-l5-event-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -D event -l ipcmux-l5-event-64B"
-                       "loops|ipcmux-l5-glib-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -D glib -l ipcmux-l5-glib-64B"
-                       "loops|ipcmux-l5-T4-64B|$IPC oneway -s 64 -n $N_SMALL -w $W_SMALL -T 4 -l ipcmux-l5-T4-64B")
+                       "loops|ipcmux-l5-recv-64B|$IPC oneway -s 64 -n $N_IPC -w $W_SMALL -l ipcmux-l5-recv-64B"
+                       "loops|ipcmux-l5-event-64B|$IPC oneway -s 64 -n $N_IPC -w $W_SMALL -D event -l ipcmux-l5-event-64B"
+                       "loops|ipcmux-l5-glib-64B|$IPC oneway -s 64 -n $N_IPC -w $W_SMALL -D glib -l ipcmux-l5-glib-64B"
+                       "loops|ipcmux-l5-T4-64B|$IPC oneway -s 64 -n $N_IPC -w $W_SMALL -T 4 -l ipcmux-l5-T4-64B")
                 ;;
         flow)
                 RUNS+=("flow|raw-oneway-64B-small|$RAWB oneway -s 64 -n $N_SMALL -t 0 -w $W_SMALL -l raw-oneway-64B-small"
-                       "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_SMALL -w $W_SLOW -E 0"
-                       "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_SMALL -w $W_SLOW -E $SLOW_EVERY"
-                       "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_SMALL -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
+                       "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E 0"
+                       "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E $SLOW_EVERY"
+                       "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
+                       "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_IPC -w $((16 * 8192 + W_SLOW)) -E 16 -l ipcmux-busy-slow16-64B"
                        "flow|ipcmux-rr$RR_SUBS-64B|$IPC rr -s 64 -n $N_RR -w $W_RR -M $RR_SUBS")
                 ;;
         *) echo "run.sh: unknown group $g" >&2; exit 2 ;;
