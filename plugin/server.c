@@ -323,3 +323,35 @@ _public_ int ipcmux_sender_connect(const char *name, ipcmux_sender **ret) {
         ipcmux_channel_unref(ch);
         return r;
 }
+
+_public_ int ipcmux_server_new_for_bus(sd_bus *bus, ipcmux_server **ret, char **ret_name) {
+        ipcmux_channel *ch;
+        int r;
+
+        assert_return(bus, -EINVAL);
+        assert_return(ret, -EINVAL);
+        assert_return(ret_name, -EINVAL);
+
+        r = ipcmux_channel_new_for_bus(bus, &ch);
+        if (r < 0)
+                return r;
+        r = ipcmux_server_new_for_channel(ch, ret, ret_name);
+        ipcmux_channel_unref(ch);
+        return r;
+}
+
+_public_ int ipcmux_sender_connect_for_bus(sd_bus *bus, const char *name, ipcmux_sender **ret) {
+        ipcmux_channel *ch;
+        int r;
+
+        assert_return(bus, -EINVAL);
+        assert_return(name, -EINVAL);
+        assert_return(ret, -EINVAL);
+
+        r = ipcmux_channel_new_for_bus(bus, &ch);
+        if (r < 0)
+                return r;
+        r = ipcmux_sender_connect_for_channel(ch, name, ret);
+        ipcmux_channel_unref(ch);
+        return r;
+}

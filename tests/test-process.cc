@@ -386,3 +386,31 @@ TEST_F(Process, ReceivingManySendersKeepsFdsFlat) {
         ipcmux_receiver_unref(b_rx);
         ipcmux_receiver_unref(rx);
 }
+
+/* The sd_bus variants: server and client on connections the application made. */
+TEST_F(Process, ServerAndClientOnApplicationConnections) {
+        sd_bus *a = NULL, *b = NULL;
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &a));
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &b));
+        ipcmux_server *s = NULL;
+        char *n = NULL;
+        ASSERT_OK(ipcmux_server_new_for_bus(a, &s, &n));
+        EXPECT_EQ(std::string(n).rfind(":", 0), 0u);
+        ipcmux_sender *tx = NULL;
+        ASSERT_OK(ipcmux_sender_connect_for_bus(b, n, &tx));
+        EXPECT_EQ(ipcmux_sender_connect_for_bus(b, n, &tx), -EADDRINUSE) << "one client only";
+        free(n);
+        ASSERT_OK(ipcmux_sender_send_bytes(tx, "first", 5));
+        ipcmux_receiver *rx = NULL;
+        ipcmux_message *first = NULL;
+        ASSERT_OK(ipcmux_server_accept_timeout(s, 10000000, &rx, &first));
+        EXPECT_EQ(msg_str(first), "first");
+        ipcmux_message_unref(first);
+        ipcmux_sender_unref(tx);
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+        ipcmux_receiver_unref(rx);
+        ipcmux_server_unref(s);
+        sd_bus_flush_close_unref(a);
+        sd_bus_flush_close_unref(b);
+}

@@ -226,6 +226,8 @@ unsigned ipcmux_message_get_n_senders(ipcmux_message *m);
  */
 int ipcmux_server_new(ipcmux_server **ret, char **ret_name);   /* ret_name: free() it */
 int ipcmux_server_new_for_channel(ipcmux_channel *c, ipcmux_server **ret, char **ret_name);
+/* On an application's own connection (the system bus, say). */
+int ipcmux_server_new_for_bus(sd_bus *bus, ipcmux_server **ret, char **ret_name);
 /*
  * Blocks (dispatching the connection) until the client's first message;
  * returns the receiver and that message.  -EPIPE if the client vanished
@@ -246,6 +248,7 @@ ipcmux_server *ipcmux_server_unref(ipcmux_server *srv);
  */
 int ipcmux_sender_connect(const char *name, ipcmux_sender **ret); /* from any process on the same bus */
 int ipcmux_sender_connect_for_channel(ipcmux_channel *c, const char *name, ipcmux_sender **ret);
+int ipcmux_sender_connect_for_bus(sd_bus *bus, const char *name, ipcmux_sender **ret);
 
 /* ---- listeners: services with many clients -------------------------------- */
 
