@@ -77,7 +77,7 @@ void peer_ack(Peer *p, uint64_t bytes);
 /* Flow-control defaults (per subchannel window, per peer cap). */
 #define WINDOW_MSGS 8192u
 #define WINDOW_BYTES (8u << 20)
-#define PEER_CAP_BYTES (64u << 20)
+#define PEER_CAP_BYTES (16u << 20)
 /* The receiver acknowledges receipt every this many bytes, and at once when
  * a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)

@@ -744,13 +744,15 @@ static uint64_t call_cost(const WireCall *w) {
 }
 
 /* Frames we refuse never reach the application: credit them at once so the
- * sender's window does not shrink forever, and keep the sequence. */
+ * sender's window does not shrink forever. */
 static void refuse_frames(ipcmux_receiver *rx, RxPeer *p, const WireCall *w) {
         for (size_t i = 0; i < w->n_frames; i++) {
                 p->consumed_msgs++;
                 p->consumed_bytes += frame_cost(w, &w->frames[i]);
         }
-        p->next_seq = w->first_seq + w->n_frames;
+        /* next_seq stays: garbage does not take sequence numbers (an ipcmux
+         * sender never sends it), and frames refused in good faith end the
+         * peer's part anyway. */
         rxpeer_credit(rx, p);
 }
 
@@ -796,6 +798,24 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid frames");
         }
 
+        if (w->first_seq != p->next_seq) {
+                /* Frames from this peer were lost on the way (a broker drops
+                 * no-reply calls when a queue overflows) or it gave up on
+                 * them.  No silent loss: what came before was delivered, the
+                 * stream with a hole ends here (nothing after the hole is
+                 * delivered) and so does the peer's part in the subchannel. */
+                if (w->first_seq > p->next_seq)
+                        rx->n_lost += w->first_seq - p->next_seq;
+                log_warning("ipcmux: %s: frames from %s lost (got #%" PRIu64 ", expected #%" PRIu64 ")",
+                            rx->path, sender, w->first_seq, p->next_seq);
+                rxpeer_drop_staged(p);
+                decline_all(c, sender, w);
+                rx->n_lost += w->n_frames;
+                refuse_frames(rx, p, w);
+                end_peer_part(rx, sender);
+                return refuse(rx, error, SD_BUS_ERROR_IO_ERROR, "Frames were lost before this call");
+        }
+
         if (w->n_frames > ELEMENTSOF(stack_msgs)) {
                 msgs = heap_msgs = calloc(w->n_frames, sizeof(ipcmux_message *));
                 if (!msgs)
@@ -824,18 +844,7 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid region or fd");
         }
 
-        bool gap = w->first_seq != p->next_seq;
-        if (gap) {
-                /* Frames from this peer were lost on the way (a broker drops
-                 * no-reply calls when a queue overflows) or it gave up on them:
-                 * count them, and below end this peer's part in the subchannel. */
-                if (w->first_seq > p->next_seq)
-                        rx->n_lost += w->first_seq - p->next_seq;
-                log_warning("ipcmux: %s: frames from %s lost (got #%" PRIu64 ", expected #%" PRIu64 ")",
-                            rx->path, sender, w->first_seq, p->next_seq);
-        }
         p->next_seq = w->first_seq + w->n_frames;
-
         for (size_t i = 0; i < w->n_frames; i++) {
                 ipcmux_message *m = msgs[i];
 
@@ -846,9 +855,6 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 m->accounted_peer = p;
                 receiver_enqueue(rx, m);
         }
-
-        if (gap)
-                end_peer_part(rx, sender);
         return reply_ok(call);
 }
 

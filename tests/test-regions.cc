@@ -1639,9 +1639,9 @@ protected:
                 int r = raw_build_send(raw, me.c_str(), path.c_str(), seq, frames, fds, &m);
                 EXPECT_GE(r, 0);
                 CallResult res = raw_call(raw, m);
-                /* Refused frames use up their sequence numbers as well
-                 * (only a call refused before decoding does not). */
-                if (res.error != ACCESS_DENIED)
+                /* Only delivered frames take sequence numbers: a refused
+                 * call leaves the stream as if it had not been sent. */
+                if (res.error.empty())
                         seq += frames.size();
                 return res;
         }
@@ -2034,7 +2034,7 @@ protected:
                 sd_bus_message *m = NULL;
                 EXPECT_GE(raw_build_send(raw, me.c_str(), path.c_str(), seq, frames, fds, &m), 0);
                 CallResult res = raw_call(raw, m);
-                if (res.error != ACCESS_DENIED)
+                if (res.error.empty())
                         seq += frames.size();
                 return res;
         }

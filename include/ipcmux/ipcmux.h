@@ -104,7 +104,7 @@ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t size);
 /*
  * Flow control.  Each subchannel has a credit window (8192 messages or
  * 8 MiB in flight from one process, regions and spilled payloads counted by
- * their size; a single larger message goes alone), under a 64 MiB cap per
+ * their size; a single larger message goes alone), under a 16 MiB cap per
  * destination process.  Beyond it sends still never block: messages wait in
  * this process, per subchannel, and leave when credit comes back and the
  * application next calls into ipcmux (or its loop runs).
