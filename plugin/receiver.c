@@ -798,6 +798,10 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
                 return refuse(rx, error, SD_BUS_ERROR_INVALID_ARGS, "Invalid frames");
         }
 
+        /* A sender's endpoint may be freed (all its senders dropped) and a
+         * later copy open a new one, whose stream starts again at 0. */
+        if (w->first_seq == 0)
+                p->next_seq = 0;
         if (w->first_seq != p->next_seq) {
                 /* Frames from this peer were lost on the way (a broker drops
                  * no-reply calls when a queue overflows) or it gave up on
