@@ -656,6 +656,10 @@ static int prepare_transfers(Endpoint *ep, ipcmux_message *m, WireSenderRef *ref
                 if (!s)
                         return -ENXIO;  /* taken: nothing to send */
                 sep = s->ep;
+                /* A sender of another connection of this process: its
+                 * bookkeeping lives under that connection's lock and name. */
+                if (sep->conn != c)
+                        return -EXDEV;
                 refs[i].token = token;
                 if (sep->local) {
                         refs[i].owner = c->unique_name;

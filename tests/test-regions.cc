@@ -638,6 +638,47 @@ TEST_F(Regions, WithSenderCrossProcess) {
         EXPECT_EQ(c.stop(), 0);
 }
 
+/*
+ * A region and a sender in one message, where the attached sender belongs
+ * to a subchannel on ANOTHER connection of this process than the one the
+ * message goes out on.  Either send() refuses the mix (like
+ * ipcmux_receiver_select(), -EXDEV), or the copy must work: its sends
+ * arrive, and once it is dropped the subchannel disconnects.
+ */
+TEST_F(Regions, WithSenderOfAnotherConnection) {
+        BusPair p;
+        ASSERT_NO_FATAL_FAILURE(p.open(warm));
+        ipcmux_sender *a_tx = NULL;
+        ipcmux_receiver *a_rx = NULL;
+        ASSERT_OK(ipcmux_channel_sub_channel(warm, &a_tx, &a_rx));      /* near connection */
+        Regs regs;
+        regs.add(pattern_region(64, 90));
+        ipcmux_message *m = build("carrier", regs);
+        ASSERT_OK(ipcmux_message_attach_sender(m, a_tx));
+        int r = ipcmux_sender_send(p.tx, m);                             /* far connection */
+        ipcmux_message_unref(m);
+        a_tx = ipcmux_sender_unref(a_tx);
+        if (r < 0) {
+                EXPECT_EQ(r, -EXDEV) << strerror(-r);
+                EXPECT_EQ(recv_bounded(a_rx, &m, 2000000), -EPIPE);
+        } else {
+                ASSERT_OK(recv_bounded(p.rx, &m));
+                EXPECT_EQ(msg_str(m), "carrier");
+                ipcmux_sender *got = NULL;
+                ASSERT_OK(ipcmux_message_take_sender(m, 0, &got));
+                expect_regions(m, regs, true);
+                ipcmux_message_unref(m);
+                EXPECT_STREQ(ipcmux_sender_get_destination(got), ipcmux_channel_get_unique_name(warm))
+                        << "the copy names the wrong process as the subchannel's owner";
+                ASSERT_OK(ipcmux_sender_send_bytes(got, "through the copy", 16));
+                ipcmux_sender_unref(got);
+                EXPECT_EQ(recv_text(a_rx, 5000000), "through the copy");
+                EXPECT_EQ(recv_bounded(a_rx, &m, 5000000), -EPIPE) << "the dropped copy still holds the subchannel";
+        }
+        ipcmux_receiver_unref(a_rx);
+        p.expect_alive();
+}
+
 /* The one-shot server accepts on this thread; the client connects and
  * sends regions in its first message from another thread, on its own
  * connection (the reference's cross-thread shared memory). */

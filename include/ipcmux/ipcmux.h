@@ -210,6 +210,8 @@ unsigned ipcmux_message_get_n_fds(ipcmux_message *m);
  * Receivers cannot be sent: a receiver IS an object on its process's
  * connection (its path names that connection), so it cannot change owner.
  */
+/* Sending a message that carries a sender of ANOTHER connection of this
+ * process (ipcmux_channel_new_for_bus) fails with -EXDEV. */
 int ipcmux_message_attach_sender(ipcmux_message *m, ipcmux_sender *s);  /* >= 0: the index; m holds its own copy */
 int ipcmux_message_take_sender(ipcmux_message *m, unsigned index, ipcmux_sender **ret);
 unsigned ipcmux_message_get_n_senders(ipcmux_message *m);
