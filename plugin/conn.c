@@ -18,6 +18,7 @@
 #include "macro.h"
 #include "peer.h"
 #include "receiver.h"
+#include "sentlog.h"
 
 /* Payloads above this travel in a sealed memfd instead of inline. */
 #define DEFAULT_SPILL_THRESHOLD (1u << 20)
@@ -230,6 +231,7 @@ static void conn_free(Conn *c) {
                         }
                 }
                 peers_free_all(c);
+                sentlog_done(c);
                 conn_detach_event(c);
                 c->root_slot = sd_bus_slot_unref(c->root_slot);
                 conn_unlock(c);
@@ -321,6 +323,7 @@ static const sd_bus_vtable root_vtable[] = {
         SD_BUS_PROPERTY("Receivers", "u", root_prop_count, offsetof(Conn, receivers.n_entries), 0),
         SD_BUS_PROPERTY("Endpoints", "u", root_prop_count, offsetof(Conn, endpoints.n_entries), 0),
         SD_BUS_PROPERTY("Backlog", "a(sott)", root_prop_backlog, 0, 0),
+        SD_BUS_PROPERTY("Resent", "t", NULL, offsetof(Conn, sent.refused), 0),
         SD_BUS_VTABLE_END,
 };
 
@@ -385,6 +388,9 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
                 return r;
         }
         c->bus = sd_bus_ref(bus);
+        r = sentlog_init(c);
+        if (r < 0)
+                log_debug("ipcmux: cannot watch for refused calls: %s", strerror(-r));
         *ret = TAKE_PTR(c);
         return 0;
 }
@@ -439,18 +445,32 @@ static bool bus_writable(Conn *c) {
         return sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0;
 }
 
+void conn_queue_ctrl(Conn *c, sd_bus_message *m) {
+        CtrlItem *item = malloc(sizeof(*item));
+
+        if (!item) {
+                log_warning("ipcmux: out of memory: dropping a control message to %s",
+                            sd_bus_message_get_destination(m));
+                sd_bus_message_unref(m);
+                return;
+        }
+        item->m = m;
+        list_append(&c->ctrlq, &item->link);
+}
+
 int conn_flush(Conn *c) {
         int r;
 
         if (c->error < 0)
                 return -ECONNRESET;
+        sentlog_tick(c);
 
         while (bus_writable(c)) {
                 CtrlItem *item = list_first_entry(&c->ctrlq, CtrlItem, link);
 
                 if (item) {
                         list_unlink(&item->link);
-                        r = sd_bus_send(c->bus, item->m, NULL);
+                        r = sentlog_send(c, item->m, NULL, 0);
                         sd_bus_message_unref(item->m);
                         free(item);
                         if (r < 0) {
@@ -488,7 +508,7 @@ int conn_send_ctrl(Conn *c, sd_bus_message *m) {
         }
         /* Fast path: nothing queued ahead of it, hand it over directly. */
         if (list_is_empty(&c->ctrlq) && bus_writable(c)) {
-                int r = sd_bus_send(c->bus, m, NULL);
+                int r = sentlog_send(c, m, NULL, 0);
                 sd_bus_message_unref(m);
                 if (r < 0 && is_connection_error(r)) {
                         conn_fail(c, r);
@@ -562,6 +582,8 @@ int conn_sync_bus(Conn *c, uint64_t deadline) {
         uint64_t target = c->emitted, now = now_usec();
         int r;
 
+        uint64_t mark = sentlog_mark(c);
+
         if (c->synced >= target)
                 return 0;
         r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -573,6 +595,7 @@ int conn_sync_bus(Conn *c, uint64_t deadline) {
                 return r;
         if (target > c->synced)
                 c->synced = target;
+        sentlog_release(c, mark);
         return 0;
 }
 
@@ -672,6 +695,7 @@ static void poll_bus(Conn *c, uint64_t deadline) {
         if (sd_bus_get_timeout(c->bus, &until) < 0)
                 until = UINT64_MAX;
         until = MIN(until, deadline);
+        until = MIN(until, SENTLOG_NEXT_RETRY(c));
         if (until != UINT64_MAX) {
                 now = now_usec();
                 deadline_to_timespec(until > now ? until - now : 0, &ts);

@@ -29,6 +29,7 @@
 
 #include "hashmap.h"
 #include "list.h"
+#include "sentlog.h"
 #include "wire.h"
 
 typedef struct Conn Conn;
@@ -82,6 +83,7 @@ struct Conn {
         struct sd_event_source *event_io, *event_time;
 
         List ctrlq;                     /* CtrlItem: control messages, sent first */
+        SentLog sent;                   /* no-reply calls the broker may still refuse */
         List ready;                     /* Endpoints with queued frames */
         uint64_t death_gen;             /* bumped per vanished peer (orphan barrier) */
         uint64_t emitted;               /* Send calls handed to sd-bus so far */
@@ -136,6 +138,8 @@ int conn_dispatch_pending(Conn *c);
 
 /* Queue a control message (takes the reference) and flush. */
 int conn_send_ctrl(Conn *c, sd_bus_message *m);
+/* Queue a control message (takes the reference) without flushing. */
+void conn_queue_ctrl(Conn *c, sd_bus_message *m);
 /* Hand queued output to sd-bus while its write queue is empty. */
 int conn_flush(Conn *c);
 /* Is anything of ours or sd-bus's still waiting to be written? */

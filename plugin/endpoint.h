@@ -37,6 +37,9 @@ struct Endpoint {
 
         uint64_t next_seq;
         List queue;                     /* OutFrame */
+        List resend;                    /* ResendCall: refused by the broker, goes first */
+        List *resend_at;                /* endpoint_resend(): where a rewind inserts */
+        bool retry_wait;                /* refused: nothing goes before the retry timer */
         size_t n_queued;
         uint64_t queued_bytes;          /* cost of queued frames (see frame cost) */
         uint64_t max_queued_msgs, max_queued_bytes;     /* 0: unbounded */
@@ -68,6 +71,19 @@ int endpoint_get_remote(Conn *c, const char *dest, const char *path, Endpoint **
 Endpoint *endpoint_find(Conn *c, const char *dest, const char *path);
 Endpoint *endpoint_ref(Endpoint *ep);
 Endpoint *endpoint_unref(Endpoint *ep);
+/* The broker refused a call of @ep's carrying @cost (it left the bus). */
+void endpoint_refused(Endpoint *ep, uint64_t cost);
+/* Send a copy of @m (refused, or after a refused one) before anything new,
+ * once the retry timer fires (endpoint_retry). */
+int endpoint_resend(Endpoint *ep, sd_bus_message *m, uint64_t cost, uint64_t seq, bool first);
+/* A refused call of @ep cannot be sent again (it carried fds): give up on
+ * everything not yet delivered, loudly (the receiver counts it as Lost and
+ * ends our part, as for frames that never got credit). */
+void endpoint_unrepairable(Endpoint *ep);
+/* Its WantCredit was refused: ask again when the retry timer fires. */
+void endpoint_probe_refused(Endpoint *ep);
+/* The retry timer fired: what waited for it may go. */
+void endpoint_retry(Endpoint *ep);
 /* The receiver is gone: fail sends, drop what is queued. */
 void endpoint_close(Endpoint *ep);
 void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes);
@@ -78,6 +94,10 @@ void peer_ack(Peer *p, uint64_t bytes);
 #define WINDOW_MSGS 8192u
 #define WINDOW_BYTES (8u << 20)
 #define PEER_CAP_BYTES (16u << 20)
+/* A broker refusal halves a peer's cap (down to this); each Ack gives back
+ * PEER_CAP_STEP: the cap settles below what the broker's queue takes. */
+#define PEER_CAP_MIN (64u << 10)
+#define PEER_CAP_STEP (256u << 10)
 /* The receiver acknowledges receipt every this many bytes, and at once when
  * a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)

@@ -76,7 +76,7 @@ static uint64_t next_timeout(Conn *c) {
                 return 0;
         if (sd_bus_get_timeout(c->bus, &t) < 0)
                 return 0;
-        return t;
+        return MIN(t, SENTLOG_NEXT_RETRY(c));
 }
 
 _public_ int ipcmux_channel_get_fd(ipcmux_channel *ch) {

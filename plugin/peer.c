@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Peer death watching (see peer.h). */
 
+#include <inttypes.h>
 #include <stdio.h>
 
 #include "channel.h"
@@ -182,6 +183,7 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
         if (!p)
                 return -ENOMEM;
         p->conn = c;
+        p->tx_cap = PEER_CAP_BYTES;
         list_init(&p->endpoints);
         list_init(&p->graveyard_link);
         p->name = strdup(name);

@@ -28,6 +28,8 @@ struct Peer {
         List endpoints;         /* Endpoint.peer_link */
         /* Sending side: bytes emitted to this peer and acknowledged (Ack). */
         uint64_t tx_bytes, tx_acked;
+        uint64_t tx_cap;        /* PEER_CAP_BYTES, lowered while the broker refuses */
+        uint64_t cap_round;     /* SentLog.rounds when tx_cap was last halved */
         /* Receiving side: bytes received from this peer and acknowledged. */
         uint64_t rx_bytes, rx_acked;
         bool creds_known;

@@ -802,12 +802,24 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
          * later copy open a new one, whose stream starts again at 0. */
         if (w->first_seq == 0)
                 p->next_seq = 0;
+        if (w->first_seq != p->next_seq && w->n_frames > 0) {
+                /* Out of order: the broker refused an earlier call (its
+                 * queue to us was full) and the sender will send it and
+                 * everything after it again, this one included; or this is
+                 * such a copy that arrived before (a duplicate).  Take
+                 * nothing now: no credit, no sequence numbers, no declines
+                 * (the copy carries the same senders). */
+                log_debug("ipcmux: %s: frames from %s out of order (got #%" PRIu64 ", expected #%" PRIu64
+                          "): waiting for them again", rx->path, sender, w->first_seq, p->next_seq);
+                rxpeer_drop_staged(p);
+                rx->n_reordered++;
+                return sd_bus_error_set(error, SD_BUS_ERROR_IO_ERROR, "Out of sequence");
+        }
         if (w->first_seq != p->next_seq) {
-                /* Frames from this peer were lost on the way (a broker drops
-                 * no-reply calls when a queue overflows) or it gave up on
-                 * them.  No silent loss: what came before was delivered, the
-                 * stream with a hole ends here (nothing after the hole is
-                 * delivered) and so does the peer's part in the subchannel. */
+                /* An empty Send that skips frames: the sender gave up on
+                 * them (they never got credit).  No silent loss: what came
+                 * before was delivered, the stream with a hole ends here and
+                 * so does the peer's part in the subchannel. */
                 if (w->first_seq > p->next_seq)
                         rx->n_lost += w->first_seq - p->next_seq;
                 log_warning("ipcmux: %s: frames from %s lost (got #%" PRIu64 ", expected #%" PRIu64 ")",

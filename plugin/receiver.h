@@ -37,6 +37,7 @@ struct ipcmux_receiver {
         uint64_t queued_bytes;
 
         uint64_t n_received, n_refused, n_lost;
+        uint64_t n_reordered;           /* out-of-order calls set aside (sent again) */
 
         /* Handler mode (ipcmux_receiver_set_handler): messages go to the
          * handler from whatever drives the connection, instead of waiting

@@ -21,6 +21,7 @@
 #include "message.h"
 #include "peer.h"
 #include "receiver.h"
+#include "sentlog.h"
 #include "shmem.h"
 
 /* Most frames one Send call carries when the link was busy (batching). */
@@ -48,6 +49,20 @@ typedef struct OutFrame {
         uint64_t cost;                  /* for the credit window */
 } OutFrame;
 
+/* A call the broker refused (or one after it), to be sent again. */
+typedef struct ResendCall {
+        List link;
+        sd_bus_message *m;
+        uint64_t cost;
+        uint64_t seq;
+} ResendCall;
+
+static void resend_call_free(ResendCall *rc) {
+        list_unlink(&rc->link);
+        sd_bus_message_unref(rc->m);
+        free(rc);
+}
+
 static void out_frame_free(OutFrame *f) {
         if (!f)
                 return;
@@ -74,6 +89,13 @@ Endpoint *endpoint_ref(Endpoint *ep) {
         return ep;
 }
 
+static void endpoint_drop_resend(Endpoint *ep) {
+        ResendCall *rc, *tmp;
+
+        list_for_each_entry_safe(rc, tmp, &ep->resend, link)
+                resend_call_free(rc);
+}
+
 static void endpoint_free(Endpoint *ep) {
         OutFrame *f, *tmp;
 
@@ -81,6 +103,9 @@ static void endpoint_free(Endpoint *ep) {
                 list_unlink(&f->link);
                 out_frame_free(f);
         }
+        endpoint_drop_resend(ep);
+        if (!ep->local)
+                sentlog_forget_endpoint(ep->conn, ep);
         if (list_is_linked(&ep->ready_link))
                 list_unlink(&ep->ready_link);
         if (list_is_linked(&ep->peer_link))
@@ -116,6 +141,7 @@ static Endpoint *endpoint_alloc(Conn *c) {
         ep->n_ref = 1;
         ep->conn = conn_ref(c);
         list_init(&ep->queue);
+        list_init(&ep->resend);
         list_init(&ep->ready_link);
         list_init(&ep->peer_link);
         return ep;
@@ -205,7 +231,7 @@ static void endpoint_pin(Endpoint *ep) {
 }
 
 static bool endpoint_has_output(Endpoint *ep) {
-        return !list_is_empty(&ep->queue) || ep->pending_releases > 0;
+        return !list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0;
 }
 
 /* On conn->ready: it has output that may be able to move. */
@@ -260,6 +286,8 @@ void endpoint_close(Endpoint *ep) {
         ep->n_queued = 0;
         ep->queued_bytes = 0;
         ep->pending_releases = 0;
+        ep->retry_wait = false;
+        endpoint_drop_resend(ep);
         endpoint_unmark_ready(ep);
         conn_notify(c);
         endpoint_unref(ep);
@@ -278,7 +306,7 @@ static bool window_allows_after(Endpoint *ep, unsigned n_batch, uint64_t batch_c
                 return false;
         if (p) {
                 uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
-                if (in_bus > 0 && in_bus + cost > PEER_CAP_BYTES)
+                if (in_bus > 0 && in_bus + cost > p->tx_cap)
                         return false;
         }
         return true;
@@ -293,6 +321,9 @@ static void account_sent(Endpoint *ep, unsigned n, uint64_t cost) {
         ep->sent_bytes += cost;
         if (ep->peer)
                 ep->peer->tx_bytes += cost;
+        /* A WantCredit sent after this reaches the receiver after it, so
+         * its answer (Ack, Credit) covers it: the next stall may ask again. */
+        ep->credit_requested = false;
 }
 
 void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
@@ -301,8 +332,10 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
         /* Running totals: late or repeated credits change nothing. */
         if (msgs > ep->sent_msgs || bytes > ep->sent_bytes)
                 return;         /* more than we ever sent: a confused peer */
-        if (msgs > ep->credit_msgs)
+        if (msgs > ep->credit_msgs) {
                 ep->credit_msgs = msgs;
+                sentlog_progress(ep->conn);
+        }
         if (bytes > ep->credit_bytes)
                 ep->credit_bytes = bytes;
         ep->credit_requested = false;
@@ -313,15 +346,118 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
         conn_notify(ep->conn);
 }
 
+void endpoint_refused(Endpoint *ep, uint64_t cost) {
+        Peer *p = ep->peer;
+
+        if (!p)
+                return;
+        /* It left the bus unread: it no longer counts against the cap, but
+         * the cap was too high for the broker's queue: halve it, once per
+         * round of refusals (one congestion, many refused calls). */
+        p->tx_bytes -= MIN(cost, p->tx_bytes - p->tx_acked);
+        if (p->cap_round != ep->conn->sent.rounds) {
+                p->cap_round = ep->conn->sent.rounds;
+                p->tx_cap = MAX(p->tx_cap / 2, PEER_CAP_MIN);
+        }
+}
+
+int endpoint_resend(Endpoint *ep, sd_bus_message *m, uint64_t cost, uint64_t seq, bool first) {
+        ResendCall *rc;
+
+        if (ep->closed)
+                return 0;
+        /* What is still waiting here was never sent, so it comes after what
+         * was (and is now refused): a rewind goes in front of it, in order. */
+        if (first)
+                ep->resend_at = list_is_empty(&ep->resend) ? &ep->resend : list_first(&ep->resend);
+        rc = malloc(sizeof(*rc));
+        if (!rc)
+                return -ENOMEM;
+        rc->m = sd_bus_message_ref(m);
+        rc->cost = cost;
+        rc->seq = seq;
+        list_link_before(ep->resend_at, &rc->link);
+        ep->retry_wait = true;
+        endpoint_pin(ep);
+        return 0;
+}
+
+static void endpoint_abandon_queue(Endpoint *ep);
+
+void endpoint_unrepairable(Endpoint *ep) {
+        log_warning("ipcmux: %s%s: the broker refused a call with fds; the rest of this stream is lost",
+                    ep->dest, ep->path);
+        /* Every frame sent after the refused one is set aside at the
+         * receiver, and nothing of this stream can follow the hole: the
+         * queue goes with it.  The empty Send that skips to the end makes
+         * the receiver count the loss and cut us off (Closed). */
+        endpoint_drop_resend(ep);
+        endpoint_abandon_queue(ep);
+}
+
+void endpoint_probe_refused(Endpoint *ep) {
+        ep->credit_requested = false;
+        ep->retry_wait = true;
+        endpoint_pin(ep);
+}
+
+void endpoint_retry(Endpoint *ep) {
+        if (!ep->retry_wait)
+                return;
+        log_debug("ipcmux: %s%s: retry (%s)", ep->dest, ep->path, list_is_empty(&ep->resend) ? "probe" : "resend");
+        ep->retry_wait = false;
+        if (endpoint_has_output(ep))
+                endpoint_mark_ready(ep);
+        else
+                endpoint_unmark_ready(ep);      /* drops the pin */
+}
+
+/* Send the first refused call again.  Not held back by the per-peer cap:
+ * the retry timer paces what was refused (and backs off while refusals go
+ * on), and waiting here for an Ack could wait for ever, since whatever the
+ * receiver has not acknowledged may be exactly what was refused. */
+static int endpoint_resend_one(Endpoint *ep, bool *sent) {
+        ResendCall *rc = list_first_entry(&ep->resend, ResendCall, link);
+        sd_bus_message *copy = NULL;
+        Peer *p = ep->peer;
+        int r;
+
+        *sent = false;
+        r = sentlog_copy(ep->conn, rc->m, &copy);
+        if (r < 0)
+                return r;
+        log_debug("ipcmux: %s%s: sending again from #%" PRIu64, ep->dest, ep->path, rc->seq);
+        r = sentlog_send_again(ep->conn, copy, ep, rc->cost, rc->seq);
+        sd_bus_message_unref(copy);
+        if (r < 0)
+                return r;
+        if (p)
+                p->tx_bytes += rc->cost;
+        ep->credit_requested = false;   /* see account_sent() */
+        ep->last_emit = ++ep->conn->emitted;
+        resend_call_free(rc);
+        *sent = true;
+        return 0;
+}
+
 void peer_ack(Peer *p, uint64_t bytes) {
         Endpoint *ep;
 
-        if (bytes <= p->tx_acked || bytes > p->tx_bytes)
+        if (bytes <= p->tx_acked)
                 return;
+        /* The receiver's count is the truth: refusals and copies sent again
+         * can leave ours behind it (never let the difference block us). */
+        if (bytes > p->tx_bytes) {
+                log_debug("ipcmux: %s acknowledged %" PRIu64 " bytes, we counted %" PRIu64, p->name, bytes,
+                          p->tx_bytes);
+                p->tx_bytes = bytes;
+        }
         p->tx_acked = bytes;
+        p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
+        sentlog_progress(p->conn);
         list_for_each_entry(ep, &p->endpoints, peer_link) {
                 ep->credit_requested = false;
-                if (!list_is_empty(&ep->queue))
+                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))
                         endpoint_mark_ready(ep);
         }
         (void) conn_flush(p->conn);
@@ -401,7 +537,7 @@ static int stage_fds(Endpoint *ep, const int *fds, unsigned n) {
                 r = sd_bus_message_close_container(m);
                 if (r < 0)
                         return r;
-                r = sd_bus_send(c->bus, m, NULL);
+                r = sentlog_send_unkept(c, m, ep, 0);
                 if (r < 0)
                         return r;
         }
@@ -418,7 +554,7 @@ static bool frame_view_is_plain(const FrameView *v) {
  * all little-endian), so a message costs one array copy, like a raw `ay`
  * call, instead of seven D-Bus containers.
  */
-static int emit_packed(Endpoint *ep, const FrameView *views, unsigned n_views) {
+static int emit_packed(Endpoint *ep, const FrameView *views, unsigned n_views, uint64_t cost) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         Conn *c = ep->conn;
         size_t total = 0;
@@ -450,7 +586,7 @@ static int emit_packed(Endpoint *ep, const FrameView *views, unsigned n_views) {
                         memcpy(p + 4, views[i].payload, views[i].payload_size);
                 p += 4 + views[i].payload_size;
         }
-        r = sd_bus_send(c->bus, m, NULL);
+        r = sentlog_send(c, m, ep, cost);
         if (r < 0)
                 return r;
         ep->next_seq += n_views;
@@ -463,7 +599,7 @@ static int emit_packed(Endpoint *ep, const FrameView *views, unsigned n_views) {
  * more fds than one call may carry).  @n_views frames together have at most
  * WIRE_MAX_FDS_PER_CALL fds unless @n_views is 1.
  */
-static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
+static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views, uint64_t cost) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         Conn *c = ep->conn;
         int fdbuf[64], *fds = fdbuf;
@@ -521,7 +657,7 @@ static int emit_frames(Endpoint *ep, const FrameView *views, unsigned n_views) {
         r = wire_close_frames(m, fds + n_staged, n_fds - n_staged);
         if (r < 0)
                 return r;
-        r = sd_bus_send(c->bus, m, NULL);
+        r = n_fds > 0 ? sentlog_send_unkept(c, m, ep, cost) : sentlog_send(c, m, ep, cost);
         log_debug("ipcmux: Send to %s%s: %u frames from #%" PRIu64 ": %d", ep->dest, ep->path, n_views,
                   ep->next_seq, r);
         if (r < 0)
@@ -557,9 +693,29 @@ static int send_release(Endpoint *ep, unsigned n) {
                 sd_bus_message_unref(m);
                 return r;
         }
-        r = sd_bus_send(ep->conn->bus, m, NULL);
+        r = sentlog_send(ep->conn, m, ep, 0);
         sd_bus_message_unref(m);
         return r;
+}
+
+/* Out of credit: off the ready list until Credit or Ack.  The receiver only
+ * credits in quarter windows or when asked: ask, once per stall, or a small
+ * residue could block us forever. */
+static void endpoint_stalled(Endpoint *ep) {
+        list_unlink(&ep->ready_link);
+        if (!ep->credit_requested) {
+                sd_bus_message *m = NULL;
+
+                if (conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "WantCredit", &m) >=
+                    0) {
+                        /* Not part of the stream: refused, it is asked
+                         * again later, not queued behind the frames it is
+                         * meant to unblock. */
+                        if (sentlog_send_probe(ep->conn, m, ep) >= 0)
+                                ep->credit_requested = true;
+                        sd_bus_message_unref(m);
+                }
+        }
 }
 
 int endpoint_flush_one(Endpoint *ep) {
@@ -571,6 +727,25 @@ int endpoint_flush_one(Endpoint *ep) {
         int r = 0;
 
         endpoint_ref(ep);
+        if (ep->retry_wait) {
+                /* Refused: off the ready list until the retry timer. */
+                list_unlink(&ep->ready_link);
+                endpoint_unref(ep);
+                return 0;
+        }
+        /* What the broker refused goes again first, in its order. */
+        if (!list_is_empty(&ep->resend)) {
+                bool sent;
+
+                r = endpoint_resend_one(ep, &sent);
+                if (r < 0 || sent) {
+                        list_unlink(&ep->ready_link);
+                        list_append(&ep->conn->ready, &ep->ready_link);
+                } else
+                        endpoint_stalled(ep);
+                endpoint_unref(ep);
+                return r;
+        }
         /* Coalesce queued frames into one call, within the bus's limits and
          * the credit window (counting what this batch already takes). */
         bool plain = false;
@@ -597,7 +772,7 @@ int endpoint_flush_one(Endpoint *ep) {
                 cost += f->cost;
         }
         if (n > 0) {
-                r = plain ? emit_packed(ep, views, n) : emit_frames(ep, views, n);
+                r = plain ? emit_packed(ep, views, n, cost) : emit_frames(ep, views, n, cost);
                 if (r < 0)
                         log_debug("ipcmux: sending to %s%s failed: %s", ep->dest, ep->path, strerror(-r));
                 else
@@ -618,20 +793,7 @@ int endpoint_flush_one(Endpoint *ep) {
                 }
                 endpoint_unmark_ready(ep);
         } else if (n == 0) {
-                /* Out of credit: off the ready list until Credit or Ack.  The
-                 * receiver only credits in quarter windows or when asked: ask,
-                 * once per stall, or a small residue could block us forever. */
-                list_unlink(&ep->ready_link);
-                if (!ep->credit_requested) {
-                        sd_bus_message *m = NULL;
-
-                        if (conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL,
-                                          "WantCredit", &m) >= 0) {
-                                if (sd_bus_send(ep->conn->bus, m, NULL) >= 0)
-                                        ep->credit_requested = true;
-                                sd_bus_message_unref(m);
-                        }
-                }
+                endpoint_stalled(ep);
         } else {
                 /* Round robin: let the other endpoints have the next call. */
                 list_unlink(&ep->ready_link);
@@ -795,7 +957,7 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
         if (m->size > c->spill_threshold) {
                 /* Too big to travel inline: move the bytes into a sealed memfd,
                  * carried as region 0 ahead of the user's regions. */
-                r = shmem_new(m->size, &spill);
+                r = shmem_new_uninit(m->size, &spill);      /* memcpy overwrites it all */
                 if (r < 0)
                         return r;
                 memcpy(spill->data, m->data, m->size);
@@ -828,12 +990,13 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
         uint64_t cost = frame_view_cost(&v);
 
         /* Direct path: nothing queued ahead, credit left, the socket takes it now. */
-        if (list_is_empty(&ep->queue) && list_is_empty(&c->ctrlq) && frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL &&
+        if (list_is_empty(&ep->queue) && list_is_empty(&ep->resend) && list_is_empty(&c->ctrlq) &&
+            frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL &&
             window_allows(ep, cost)) {
                 uint64_t n = 0;
 
                 if (sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0) {
-                        r = frame_view_is_plain(&v) ? emit_packed(ep, &v, 1) : emit_frames(ep, &v, 1);
+                        r = frame_view_is_plain(&v) ? emit_packed(ep, &v, 1, cost) : emit_frames(ep, &v, 1, cost);
                         if (r >= 0) {
                                 account_sent(ep, 1, cost);
                                 return 0;
@@ -1093,7 +1256,8 @@ static bool endpoint_drained(void *userdata) {
 
         if (ep->closed || c->error < 0)
                 return true;
-        return list_is_empty(&ep->queue) && ep->pending_releases == 0 && list_is_empty(&c->ctrlq) &&
+        return list_is_empty(&ep->queue) && list_is_empty(&ep->resend) && ep->pending_releases == 0 &&
+                list_is_empty(&c->ctrlq) &&
                 sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0;
 }
 
@@ -1121,7 +1285,7 @@ static void endpoint_abandon_queue(Endpoint *ep) {
         log_warning("ipcmux: %s%s granted no credit: %" PRIu64 " messages lost", ep->dest, ep->path, n);
         if (conn_new_call(c, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Send", &m) >= 0 &&
             wire_open_frames(m, ep->next_seq) >= 0 && wire_close_frames(m, NULL, 0) >= 0)
-                (void) sd_bus_send(c->bus, m, NULL);
+                (void) sentlog_send(c, m, ep, 0);
         if (ep->pending_releases > 0) {
                 (void) send_release(ep, ep->pending_releases);
                 ep->pending_releases = 0;
@@ -1151,15 +1315,23 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                  * the application may exit; skipped inside callbacks. */
                 if (!c->processing && c->depth == 1) {
                         uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
-                        int r = conn_wait(c, endpoint_drained, ep, deadline);
 
-                        if (r == -ETIMEDOUT && ep->n_senders == 1 && !list_is_empty(&ep->queue))
-                                endpoint_abandon_queue(ep);
-                        /* In the socket is not enough: a broker may drop what
-                         * it has not read when we exit.  One round trip to it
-                         * (skipped when nothing was sent since the last). */
-                        else if (r >= 0 && ep->last_emit > c->synced)
-                                (void) conn_sync_bus(c, deadline);
+                        for (;;) {
+                                int r = conn_wait(c, endpoint_drained, ep, deadline);
+
+                                if (r == -ETIMEDOUT && ep->n_senders == 1 && !list_is_empty(&ep->queue)) {
+                                        endpoint_abandon_queue(ep);
+                                        break;
+                                }
+                                /* In the socket is not enough: a broker may
+                                 * drop what it has not read when we exit, or
+                                 * refuse it (then it goes again, and we wait
+                                 * again).  One round trip to it (skipped when
+                                 * nothing was sent since the last). */
+                                if (r < 0 || ep->last_emit <= c->synced || conn_sync_bus(c, deadline) < 0 ||
+                                    list_is_empty(&ep->resend) || ep->closed)
+                                        break;
+                        }
                 }
         }
         ep->n_senders--;
@@ -1231,3 +1403,4 @@ _public_ int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, u
 _public_ uint64_t ipcmux_sender_get_lost(ipcmux_sender *s) {
         return s ? s->ep->lost : 0;
 }
+

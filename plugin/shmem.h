@@ -13,6 +13,21 @@
  * synchronises).  Regions received from a peer are verified (memfd, seals,
  * exact announced size) and mapped read-only.  Size 0 is a valid region with
  * no mapping (and, as in the reference, still an fd).
+ *
+ * Pool (shmem.c, "Sender-side pool"): regions of 64 KiB..16 MiB (POOL_MIN..
+ * POOL_MAX_ENTRY) created here are sent as a read-only open file
+ * description of their memfd (@send_fd), opened for this region alone.  When
+ * the last reference goes, the memfd (and our mapping) is parked in a small
+ * bounded pool, and handed out again by a later shmem_new() of the same size
+ * only once a write lease proves that no other open file description of the
+ * memfd is left anywhere (no receiver holds an fd or a mapping of it, nothing
+ * is in flight in a socket or a broker).  A region exposed through
+ * ipcmux_shmem_get_fd() is never pooled.
+ *
+ * Receiver-side mapping cache (shmem.c): the read-only mappings of the last
+ * few received regions stay mapped after their last reference goes, and a
+ * region that arrives again (the same memfd, checked like any other) reuses
+ * the mapping instead of mapping it anew.
  */
 
 #include <stdbool.h>
@@ -26,10 +41,17 @@ struct ipcmux_shmem {
         uint64_t size;
         void *data;             /* NULL iff size == 0 */
         bool writable;          /* created here (RW mapping) vs received (RO) */
+        bool poolable;          /* may go back to the pool when freed (see above) */
+        bool exposed;           /* atomic; ipcmux_shmem_get_fd() was called: never pooled */
+        int send_fd;            /* poolable: read-only description sent to peers; else -1 */
+        uint64_t dev, ino;      /* received: the memfd's identity (mapping cache) */
 };
 
 /* Writable, zero-filled region of @size bytes (the public *_new_from_* build on it). */
 int shmem_new(uint64_t size, ipcmux_shmem **ret);
+/* The same, but the bytes are unspecified (a region from the pool keeps its
+ * old bytes): for callers that overwrite every byte, like the payload spill. */
+int shmem_new_uninit(uint64_t size, ipcmux_shmem **ret);
 
 /*
  * Import an fd received from a peer.  @fd is borrowed (dup'ed on success).
@@ -39,6 +61,17 @@ int shmem_new(uint64_t size, ipcmux_shmem **ret);
  */
 int shmem_new_from_peer_fd(int fd, uint64_t size, uint64_t max_size, ipcmux_shmem **ret);
 
+/* Pool internals, for tests: set the byte bound (0: off, the receiver's
+ * mapping cache too; also flushes both), free every parked entry and cached
+ * mapping, count parked entries / cached mappings. */
+void shmem_pool_set_limit(uint64_t bytes);
+void shmem_pool_flush(void);
+unsigned shmem_pool_count(void);
+unsigned shmem_rxcache_count(void);
+void shmem_rxcache_flush(void);
+
+/* The fd to pass to a peer: the read-only description of a poolable region,
+ * else the memfd itself. */
 static inline int shmem_get_fd(const ipcmux_shmem *s) {
-        return s->fd;
+        return s->send_fd >= 0 ? s->send_fd : s->fd;
 }

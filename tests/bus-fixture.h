@@ -46,6 +46,11 @@ public:
 
         void SetUp() override {
                 const char *c = config ? config : getenv("IPCMUX_TEST_BUS_CONFIG");
+                /* BusTest counts fds exactly: no region pool (a parked region
+                 * holds two fds, plugin/shmem.c) here and in the helpers we
+                 * spawn, unless the caller asked for one (tests/meson.build
+                 * sets 0 too). */
+                setenv("IPCMUX_SHMEM_POOL", "0", 0);
                 /* IPCMUX_TEST_LOG=1: the library's debug log on stderr. */
                 if (getenv("IPCMUX_TEST_LOG"))
                         ipcmux_set_log_handler(test_log_to_stderr, NULL);

@@ -17,9 +17,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -825,4 +828,271 @@ TEST(Shmem, NoFdOrMappingLeak) {
 
         EXPECT_EQ(count_fds(), fds_before);
         EXPECT_EQ(count_maps("memfd:ipcmux-shmem"), maps_before);
+}
+
+/* ---- the sender-side pool (plugin/shmem.c) -------------------------------- */
+
+namespace {
+
+/* Turns the pool on for one test (the test environment turns it off) and
+ * leaves it empty and off again. */
+struct PoolOn {
+        PoolOn() { shmem_pool_set_limit(32 * MiB); }
+        ~PoolOn() { shmem_pool_set_limit(0); }
+};
+
+}
+
+/* A region nobody else holds comes back: same memfd, same mapping, zeroed. */
+TEST(ShmemPool, ReusedWhenNobodyHoldsIt) {
+        PoolOn on;
+        unsigned fds_before = count_fds();
+        ipcmux_shmem *s = NULL;
+        struct stat st1, st2;
+
+        ASSERT_GE(ipcmux_shmem_new_from_byte(0xab, 1 * MiB, &s), 0);
+        EXPECT_NE(shmem_get_fd(s), s->fd) << "sent as a description of its own";
+        EXPECT_EQ(fcntl(shmem_get_fd(s), F_GETFL) & O_ACCMODE, O_RDONLY);
+        ASSERT_EQ(fstat(s->fd, &st1), 0);
+        EXPECT_EQ(st1.st_mode & 07777, 0u) << "nobody may reopen it by path";
+        const void *p1 = ipcmux_shmem_get_data(s);
+        ipcmux_shmem_unref(s);
+        EXPECT_EQ(shmem_pool_count(), 1u);
+
+        ASSERT_GE(ipcmux_shmem_new(1 * MiB, &s), 0);
+        EXPECT_EQ(shmem_pool_count(), 0u);
+        ASSERT_EQ(fstat(s->fd, &st2), 0);
+        EXPECT_EQ(st1.st_ino, st2.st_ino);
+        EXPECT_EQ(ipcmux_shmem_get_data(s), p1);
+        const uint8_t *d = (const uint8_t *) ipcmux_shmem_get_data(s);
+        EXPECT_EQ(d[0], 0);
+        EXPECT_EQ(d[1 * MiB - 1], 0);
+        int seals = fcntl(shmem_get_fd(s), F_GET_SEALS);
+        EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+        ipcmux_shmem_unref(s);
+
+        /* Another size never takes it. */
+        ASSERT_GE(ipcmux_shmem_new(2 * MiB, &s), 0);
+        EXPECT_EQ(shmem_pool_count(), 1u);
+        ipcmux_shmem_unref(s);
+        EXPECT_EQ(shmem_pool_count(), 2u);
+        shmem_pool_flush();
+        EXPECT_EQ(count_fds(), fds_before);
+        EXPECT_EQ(count_maps("memfd:ipcmux-shmem"), 0u);
+}
+
+/* While anybody holds what was sent (an fd, a dup, a mapping, as a receiver
+ * or a message in flight does), the memfd is never handed out again: the
+ * holder must never see the bytes of a later region. */
+TEST(ShmemPool, NeverReusedWhileHeld) {
+        PoolOn on;
+        ipcmux_shmem *s = NULL, *t = NULL, *rx = NULL;
+        struct stat st1, st2;
+
+        for (int how = 0; how < 3; how++) {
+                ASSERT_GE(ipcmux_shmem_new_from_byte('a', 256 * KiB, &s), 0);
+                ASSERT_EQ(fstat(s->fd, &st1), 0);
+                int held = -1;
+                if (how == 0)   /* an fd of what was sent, as in a socket or a broker */
+                        held = fcntl(shmem_get_fd(s), F_DUPFD_CLOEXEC, 3);
+                else            /* a receiver's region: fd + read-only mapping */
+                        ASSERT_GE(shmem_new_from_peer_fd(shmem_get_fd(s), 256 * KiB, 1 * GiB, &rx), 0);
+                if (how == 2) { /* ... and only its mapping left */
+                        close(rx->fd);
+                        rx->fd = -1;
+                }
+                ipcmux_shmem_unref(s);
+                ASSERT_EQ(shmem_pool_count(), 1u);
+
+                ASSERT_GE(ipcmux_shmem_new_from_byte('b', 256 * KiB, &t), 0);
+                ASSERT_EQ(fstat(t->fd, &st2), 0);
+                EXPECT_NE(st1.st_ino, st2.st_ino) << "handed out while held (case " << how << ")";
+                EXPECT_EQ(shmem_pool_count(), 1u);
+                if (rx) {
+                        EXPECT_EQ(((const uint8_t *) ipcmux_shmem_get_data(rx))[0], 'a');
+                }
+                ipcmux_shmem_unref(t);
+
+                /* Once released, it is reusable: but a received region's
+                 * mapping stays cached after its last unref, and holds it. */
+                if (held >= 0)
+                        close(held);
+                rx = ipcmux_shmem_unref(rx);
+                if (how > 0) {
+                        EXPECT_EQ(shmem_rxcache_count(), 1u);
+                        ASSERT_GE(ipcmux_shmem_new(256 * KiB, &t), 0);
+                        ASSERT_EQ(fstat(t->fd, &st2), 0);
+                        EXPECT_NE(st1.st_ino, st2.st_ino) << "reused under a cached mapping (case " << how << ")";
+                        ipcmux_shmem_unref(t);
+                        shmem_rxcache_flush();
+                }
+                ASSERT_GE(ipcmux_shmem_new(256 * KiB, &t), 0);
+                ASSERT_EQ(fstat(t->fd, &st2), 0);
+                EXPECT_EQ(st1.st_ino, st2.st_ino) << "case " << how;
+                ipcmux_shmem_unref(t);
+                shmem_pool_flush();
+        }
+}
+
+/* ipcmux_shmem_get_fd() hands out the read-write description: never pooled.
+ * Neither are small regions, nor regions above the bounds. */
+TEST(ShmemPool, NotPooled) {
+        PoolOn on;
+        ipcmux_shmem *s = NULL;
+
+        ASSERT_GE(ipcmux_shmem_new(1 * MiB, &s), 0);
+        EXPECT_GE(ipcmux_shmem_get_fd(s), 0);
+        ipcmux_shmem_unref(s);
+        EXPECT_EQ(shmem_pool_count(), 0u);
+
+        ASSERT_GE(ipcmux_shmem_new(4 * KiB, &s), 0);
+        EXPECT_EQ(shmem_get_fd(s), s->fd);
+        ipcmux_shmem_unref(s);
+        ASSERT_GE(ipcmux_shmem_new(64 * MiB, &s), 0);
+        EXPECT_EQ(shmem_get_fd(s), s->fd);
+        ipcmux_shmem_unref(s);
+        EXPECT_EQ(shmem_pool_count(), 0u);
+}
+
+/* Bounded: at most 32 MiB (here) of parked regions, oldest evicted. */
+TEST(ShmemPool, Bounded) {
+        PoolOn on;
+        unsigned fds_before = count_fds();
+        std::vector<ipcmux_shmem *> v;
+
+        for (int i = 0; i < 40; i++) {
+                ipcmux_shmem *s = NULL;
+                ASSERT_GE(ipcmux_shmem_new(1 * MiB, &s), 0);
+                v.push_back(s);
+        }
+        for (ipcmux_shmem *s : v)
+                ipcmux_shmem_unref(s);
+        EXPECT_LE(shmem_pool_count(), 16u);
+        EXPECT_LE(count_fds(), fds_before + 2 * 16);
+        v.clear();
+        for (int i = 0; i < 3; i++) {
+                ipcmux_shmem *s = NULL;
+                ASSERT_GE(ipcmux_shmem_new(16 * MiB, &s), 0);
+                v.push_back(s);
+        }
+        for (ipcmux_shmem *s : v)
+                ipcmux_shmem_unref(s);
+        EXPECT_LE(shmem_pool_count(), 2u) << "32 MiB: two 16 MiB regions";
+        shmem_pool_flush();
+        EXPECT_EQ(count_fds(), fds_before);
+}
+
+/* A forked child neither takes from nor returns to its parent's pool. */
+TEST(ShmemPool, ForkedChildKeepsOff) {
+        PoolOn on;
+        ipcmux_shmem *s = NULL;
+
+        ASSERT_GE(ipcmux_shmem_new(1 * MiB, &s), 0);
+        ipcmux_shmem *parked = NULL;
+        ASSERT_GE(ipcmux_shmem_new(1 * MiB, &parked), 0);
+        ipcmux_shmem_unref(parked);
+        ASSERT_EQ(shmem_pool_count(), 1u);
+        pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+                ipcmux_shmem *t = NULL;
+                int ok = ipcmux_shmem_new(1 * MiB, &t) >= 0 && shmem_pool_count() == 1 && shmem_get_fd(t) == t->fd;
+                ipcmux_shmem_unref(t);
+                ipcmux_shmem_unref(s);
+                ok = ok && shmem_pool_count() == 1;
+                _exit(ok ? 0 : 1);
+        }
+        int status = 0;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ipcmux_shmem_unref(s);
+        EXPECT_EQ(shmem_pool_count(), 2u);
+}
+
+/* The receiver's mapping cache: the same memfd again reuses the mapping,
+ * after the same checks; it holds no fd; bounded. */
+TEST(ShmemPool, ReceiverMappingCache) {
+        PoolOn on;
+        unsigned fds_before = count_fds();
+        ipcmux_shmem *w = NULL, *w2 = NULL, *r1 = NULL, *r2 = NULL;
+
+        ASSERT_GE(ipcmux_shmem_new_from_byte('x', 1 * MiB, &w), 0);
+        ASSERT_GE(ipcmux_shmem_new_from_byte('y', 1 * MiB, &w2), 0);
+        ASSERT_GE(shmem_new_from_peer_fd(shmem_get_fd(w), 1 * MiB, 1 * GiB, &r1), 0);
+        const void *p1 = ipcmux_shmem_get_data(r1);
+        ipcmux_shmem_unref(r1);
+        EXPECT_EQ(shmem_rxcache_count(), 1u);
+        EXPECT_EQ(count_fds(), fds_before + 4) << "the cache holds no fd";
+
+        /* Checks first, whatever is cached. */
+        EXPECT_EQ(shmem_new_from_peer_fd(shmem_get_fd(w), 1 * MiB + 1, 1 * GiB, &r1), -EBADMSG);
+        EXPECT_EQ(shmem_new_from_peer_fd(shmem_get_fd(w), 1 * MiB, 1 * KiB, &r1), -EFBIG);
+        /* Another memfd does not get it. */
+        ASSERT_GE(shmem_new_from_peer_fd(shmem_get_fd(w2), 1 * MiB, 1 * GiB, &r2), 0);
+        EXPECT_NE(ipcmux_shmem_get_data(r2), p1);
+        EXPECT_EQ(((const uint8_t *) ipcmux_shmem_get_data(r2))[0], 'y');
+        EXPECT_EQ(shmem_rxcache_count(), 1u);
+        /* The same one does, and sees the current bytes. */
+        memset(ipcmux_shmem_get_mutable_data(w), 'z', 1 * MiB);
+        ASSERT_GE(shmem_new_from_peer_fd(shmem_get_fd(w), 1 * MiB, 1 * GiB, &r1), 0);
+        EXPECT_EQ(ipcmux_shmem_get_data(r1), p1);
+        EXPECT_EQ(((const uint8_t *) ipcmux_shmem_get_data(r1))[1 * MiB - 1], 'z');
+        EXPECT_EQ(shmem_rxcache_count(), 0u);
+        EXPECT_EQ(ipcmux_shmem_get_mutable_data(r1), nullptr);
+        ipcmux_shmem_unref(r1);
+        ipcmux_shmem_unref(r2);
+        EXPECT_EQ(shmem_rxcache_count(), 2u);
+
+        /* Bounded: 4 entries. */
+        std::vector<ipcmux_shmem *> ws, rs;
+        for (int i = 0; i < 6; i++) {
+                ipcmux_shmem *a = NULL, *b = NULL;
+                ASSERT_GE(ipcmux_shmem_new(1 * MiB, &a), 0);
+                ASSERT_GE(shmem_new_from_peer_fd(shmem_get_fd(a), 1 * MiB, 1 * GiB, &b), 0);
+                ws.push_back(a);
+                rs.push_back(b);
+        }
+        for (ipcmux_shmem *b : rs)
+                ipcmux_shmem_unref(b);
+        EXPECT_EQ(shmem_rxcache_count(), 4u);
+        for (ipcmux_shmem *a : ws)
+                ipcmux_shmem_unref(a);
+        ipcmux_shmem_unref(w);
+        ipcmux_shmem_unref(w2);
+        shmem_pool_flush();
+        EXPECT_EQ(shmem_rxcache_count(), 0u);
+        EXPECT_EQ(count_fds(), fds_before);
+        EXPECT_EQ(count_maps("memfd:ipcmux-shmem"), 0u);
+}
+
+/* Threads creating, "receiving" and dropping poolable regions at once: every
+ * region holds its own bytes (run under TSan/ASan too). */
+TEST(ShmemPool, Threads) {
+        PoolOn on;
+        unsigned fds_before = count_fds();
+        std::vector<std::thread> ts;
+        std::atomic<int> bad{0};
+
+        for (int t = 0; t < 4; t++)
+                ts.emplace_back([t, &bad] {
+                        for (int i = 0; i < 200; i++) {
+                                ipcmux_shmem *s = NULL, *r = NULL;
+                                uint8_t b = (uint8_t) (t * 50 + i);
+                                if (ipcmux_shmem_new_from_byte(b, 128 * KiB, &s) < 0 ||
+                                    shmem_new_from_peer_fd(shmem_get_fd(s), 128 * KiB, 1 * GiB, &r) < 0) {
+                                        bad++;
+                                        break;
+                                }
+                                const uint8_t *d = (const uint8_t *) ipcmux_shmem_get_data(r);
+                                if (d[0] != b || d[128 * KiB - 1] != b)
+                                        bad++;
+                                ipcmux_shmem_unref(s);
+                                ipcmux_shmem_unref(r);
+                        }
+                });
+        for (auto &th : ts)
+                th.join();
+        EXPECT_EQ(bad.load(), 0);
+        shmem_pool_flush();
+        EXPECT_EQ(count_fds(), fds_before);
 }
