@@ -50,6 +50,8 @@ struct Endpoint {
         uint64_t sent_msgs, sent_bytes;
         uint64_t credit_msgs, credit_bytes;
         bool credit_requested;          /* WantCredit sent since the last Credit */
+        bool stalled_on_cap;            /* last stall: the per-peer cap, not the window */
+        uint64_t last_credit_usec;      /* when credit last grew */
         uint64_t lost;                  /* frames dropped unsent (flush timeout) */
         uint64_t last_emit;             /* conn->emitted after our last Send call */
         unsigned pending_releases;      /* Release calls waiting behind the queue */

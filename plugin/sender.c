@@ -47,7 +47,11 @@ typedef struct OutFrame {
         WireSenderRef *senders;         /* owner and path strdup'ed */
         unsigned n_senders;
         uint64_t cost;                  /* for the credit window */
+        uint8_t inline_payload[];       /* small payloads live here (one malloc) */
 } OutFrame;
+
+/* Payloads up to this size are stored inside their OutFrame. */
+#define OUT_FRAME_INLINE_MAX 1024u
 
 /* A call the broker refused (or one after it), to be sent again. */
 typedef struct ResendCall {
@@ -66,7 +70,8 @@ static void resend_call_free(ResendCall *rc) {
 static void out_frame_free(OutFrame *f) {
         if (!f)
                 return;
-        free(f->payload);
+        if (f->payload != f->inline_payload)
+                free(f->payload);
         for (unsigned i = 0; i < f->n_regions; i++)
                 ipcmux_shmem_unref(f->regions[i]);
         free(f->regions);
@@ -302,12 +307,16 @@ static bool window_allows_after(Endpoint *ep, unsigned n_batch, uint64_t batch_c
         uint64_t bytes = ep->sent_bytes - ep->credit_bytes + batch_cost;
         Peer *p = ep->peer;
 
-        if (msgs > 0 && (msgs + 1 > WINDOW_MSGS || bytes + cost > WINDOW_BYTES))
+        if (msgs > 0 && (msgs + 1 > WINDOW_MSGS || bytes + cost > WINDOW_BYTES)) {
+                ep->stalled_on_cap = false;
                 return false;
+        }
         if (p) {
                 uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
-                if (in_bus > 0 && in_bus + cost > p->tx_cap)
+                if (in_bus > 0 && in_bus + cost > p->tx_cap) {
+                        ep->stalled_on_cap = true;
                         return false;
+                }
         }
         return true;
 }
@@ -334,6 +343,7 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
                 return;         /* more than we ever sent: a confused peer */
         if (msgs > ep->credit_msgs) {
                 ep->credit_msgs = msgs;
+                ep->last_credit_usec = now_usec();
                 sentlog_progress(ep->conn);
         }
         if (bytes > ep->credit_bytes)
@@ -456,6 +466,11 @@ void peer_ack(Peer *p, uint64_t bytes) {
         p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
         sentlog_progress(p->conn);
         list_for_each_entry(ep, &p->endpoints, peer_link) {
+                /* Only endpoints the cap held back: one waiting for its
+                 * window (an unread subchannel) stays where it is, or every
+                 * Ack would make it ask again, and every ask bring an Ack. */
+                if (!ep->stalled_on_cap && list_is_empty(&ep->resend))
+                        continue;
                 ep->credit_requested = false;
                 if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))
                         endpoint_mark_ready(ep);
@@ -860,14 +875,23 @@ static int prepare_transfers(Endpoint *ep, ipcmux_message *m, WireSenderRef *ref
 }
 
 static int out_frame_new(const FrameView *v, OutFrame **ret) {
-        OutFrame *f = calloc(1, sizeof(*f));
+        bool small = v->payload_size <= OUT_FRAME_INLINE_MAX;
+        OutFrame *f = malloc(sizeof(*f) + (small ? v->payload_size : 0));
 
         if (!f)
                 return -ENOMEM;
+        /* Frames that wait for credit pile up by the hundred thousand
+         * beside a busy neighbour: one allocation each, not two. */
+        *f = (OutFrame) {
+                .flags = v->flags,
+                .payload_size = v->payload_size,
+        };
         list_init(&f->link);
-        f->flags = v->flags;
-        f->payload_size = v->payload_size;
-        if (v->payload_size > 0) {
+        if (small) {
+                f->payload = f->inline_payload;
+                if (v->payload_size > 0)
+                        memcpy(f->payload, v->payload, v->payload_size);
+        } else {
                 f->payload = memdup(v->payload, v->payload_size);
                 if (!f->payload)
                         goto oom;
@@ -1023,9 +1047,16 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
         if (r < 0)
                 return r;
         f->cost = cost;
+        /* Frames already waiting and off the ready list: the endpoint is
+         * stalled (credit, the cap, a refusal) and this one can only wait
+         * behind them; nothing to flush (what wakes the endpoint up
+         * flushes). */
+        bool stalled = ep->n_queued > 0 && !list_is_linked(&ep->ready_link);
         list_append(&ep->queue, &f->link);
         ep->n_queued++;
         ep->queued_bytes += cost;
+        if (stalled)
+                return 0;
         endpoint_mark_ready(ep);
         return conn_flush(c);
 }
@@ -1090,10 +1121,16 @@ static int sender_send_locked(ipcmux_sender *s, ipcmux_message *m) {
 
         /* Learn about Closed and peers' deaths even if the application only
          * ever sends (and move what waits for the socket). */
-        if (!c->processing &&
-            now_usec() - c->last_dispatch_usec > (list_is_empty(&ep->queue) ? SEND_DISPATCH_INTERVAL_USEC
-                                                                             : SEND_BACKLOG_INTERVAL_USEC))
-                (void) conn_dispatch_pending(c);
+        if (!c->processing) {
+                uint64_t now = now_usec();
+                /* A subchannel nobody has credited for a while (nobody
+                 * reads it) gains nothing from frequent reads. */
+                bool waiting = !list_is_empty(&ep->queue) &&
+                        (list_is_linked(&ep->ready_link) || now - ep->last_credit_usec < SEND_DISPATCH_INTERVAL_USEC);
+
+                if (now - c->last_dispatch_usec > (waiting ? SEND_BACKLOG_INTERVAL_USEC : SEND_DISPATCH_INTERVAL_USEC))
+                        (void) conn_dispatch_pending(c);
+        }
         return send_remote(ep, m);
 }
 
@@ -1315,6 +1352,7 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                  * the application may exit; skipped inside callbacks. */
                 if (!c->processing && c->depth == 1) {
                         uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
+
 
                         for (;;) {
                                 int r = conn_wait(c, endpoint_drained, ep, deadline);
