@@ -601,7 +601,7 @@ static int emit_packed(Endpoint *ep, const FrameView *views, unsigned n_views, u
                         memcpy(p + 4, views[i].payload, views[i].payload_size);
                 p += 4 + views[i].payload_size;
         }
-        r = sentlog_send(c, m, ep, cost);
+        r = sentlog_send_packed(c, m, ep, cost, p - total, total);
         if (r < 0)
                 return r;
         ep->next_seq += n_views;

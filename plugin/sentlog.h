@@ -32,6 +32,12 @@ typedef struct Endpoint Endpoint;
 
 typedef struct SentCall {
         sd_bus_message *m;
+        /* A small SendPacked is kept as a copy of its byte array instead:
+         * keeping hundreds of whole messages alive defeats malloc's caches
+         * (callgrind: ~900 instructions per message at the sender). */
+        void *packed;           /* in SentLog.arena, or malloc'ed (arena full) */
+        size_t packed_size;
+        bool packed_in_arena;
         uint64_t cookie;
         Endpoint *ep;           /* NULL: not part of a subchannel stream */
         uint64_t cost;          /* frame cost it carries (per-peer cap) */
@@ -50,6 +56,12 @@ typedef struct SentLog {
         uint64_t barrier_mark;  /* calls before this index are covered by it */
         sd_bus_slot *filter;
         uint64_t refused;       /* refusals seen (statistics, tests) */
+
+        /* Bytes of kept SendPacked calls, a FIFO ring like the calls (not
+         * the malloc heap: hundreds of live small copies there fragment it
+         * and make sd-bus's reallocs move). */
+        uint8_t *arena;
+        size_t arena_head, arena_tail;  /* live bytes: [head, tail) or wrapped */
 
         /* Nothing refused goes again at once (the queue that refused it is
          * still full, and every refusal costs the broker an error message to
@@ -70,6 +82,8 @@ void sentlog_done(Conn *c);
  * have accepted it.  @ep: the endpoint whose stream it belongs to, or NULL.
  */
 int sentlog_send(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cost);
+/* The same for a SendPacked of @ep whose byte array is @packed. */
+int sentlog_send_packed(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cost, const void *packed, size_t size);
 /* The same for a copy sent again, of a stream call at @seq. */
 int sentlog_send_again(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cost, uint64_t seq);
 /* The same for @ep's WantCredit, which is not part of its stream: refused,
