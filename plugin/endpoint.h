@@ -75,8 +75,8 @@ Endpoint *endpoint_ref(Endpoint *ep);
 Endpoint *endpoint_unref(Endpoint *ep);
 /* The broker refused a call of @ep's carrying @cost (it left the bus). */
 void endpoint_refused(Endpoint *ep, uint64_t cost);
-/* Send a copy of @m (refused, or after a refused one) before anything new,
- * once the retry timer fires (endpoint_retry). */
+/* Send @m, a new copy of a refused call (or of one after it), before
+ * anything new, once the retry timer fires (endpoint_retry). */
 int endpoint_resend(Endpoint *ep, sd_bus_message *m, uint64_t cost, uint64_t seq, bool first);
 /* A refused call of @ep cannot be sent again (it carried fds): give up on
  * everything not yet delivered, loudly (the receiver counts it as Lost and

@@ -428,19 +428,20 @@ void endpoint_retry(Endpoint *ep) {
  * receiver has not acknowledged may be exactly what was refused. */
 static int endpoint_resend_one(Endpoint *ep, bool *sent) {
         ResendCall *rc = list_first_entry(&ep->resend, ResendCall, link);
-        sd_bus_message *copy = NULL;
         Peer *p = ep->peer;
         int r;
 
         *sent = false;
-        r = sentlog_copy(ep->conn, rc->m, &copy);
-        if (r < 0)
-                return r;
+        /* rc->m is a new, never sent copy (sentlog builds it): send it as is. */
         log_debug("ipcmux: %s%s: sending again from #%" PRIu64, ep->dest, ep->path, rc->seq);
-        r = sentlog_send_again(ep->conn, copy, ep, rc->cost, rc->seq);
-        sd_bus_message_unref(copy);
-        if (r < 0)
-                return r;
+        r = sentlog_send_again(ep->conn, rc->m, ep, rc->cost, rc->seq);
+        if (r < 0) {
+                if (IN_SET(r, -ECONNRESET, -ENOTCONN))
+                        return r;
+                /* Retrying would fail the same way, for ever: give up, loudly. */
+                endpoint_unrepairable(ep);
+                return 0;
+        }
         if (p)
                 p->tx_bytes += rc->cost;
         ep->credit_requested = false;   /* see account_sent() */

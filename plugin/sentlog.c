@@ -346,9 +346,8 @@ static void refused(Conn *c, size_t i) {
                         continue;
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
 
-                if (f->m)
-                        m = sd_bus_message_ref(f->m);
-                else if (!f->packed || rebuild_packed(c, ep, f, &m) < 0) {
+                /* A new message: a sent one cannot be sent again as is. */
+                if (f->m ? sentlog_copy(c, f->m, &m) < 0 : !f->packed || rebuild_packed(c, ep, f, &m) < 0) {
                         /* Carried fds, not kept (or no memory to rebuild
                          * it): the stream cannot be repaired from here on. */
                         endpoint_unrepairable(ep);

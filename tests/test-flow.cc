@@ -386,7 +386,7 @@ TEST_F(Flow, OrderUnderBatchingAndLateCredit) {
 /*
  * A burst from two senders, read afterwards.  DISABLED with the next one
  * (known open bug, see PROTOCOL.md "Refused calls"): it fails in about one
- * run in ten.  Each refused call costs its sender a ~450-byte error from the
+ * run in five.  Each refused call costs its sender a ~450-byte error from the
  * daemon; thousands of them overflow the SENDER's own queue at the daemon,
  * which then drops further errors silently, so some refused calls are never
  * sent again and the stream stalls until the last unref gives up (loud loss).
@@ -404,7 +404,7 @@ TEST_F(Flow, DISABLED_RefusedBurstIsSentAgain) {
 
 /*
  * Two senders flooding while near reads.  DISABLED for the same reason
- * (fails in about one run in four).  Run both with
+ * (fails in about one run in two).  Run both with
  * --gtest_also_run_disabled_tests to reproduce.
  */
 TEST_F(Flow, DISABLED_RefusedCallsAreSentAgain) {
