@@ -164,7 +164,8 @@ static int shmem_alloc(int fd, int send_fd, uint64_t size, void *data, bool writ
  * would be; ipcmux_shmem_new_from_bytes() overwrites it instead.
  *
  * The bus tests count fds exactly, per test, so they run with
- * IPCMUX_SHMEM_POOL=0 (tests/meson.build); test-shmem tests the pool.
+ * IPCMUX_SHMEM_POOL=0 (tests/meson.build); test-shmem tests the pool, and
+ * the test 'regions-pool' tests it across processes on the bus.
  */
 #define POOL_MIN (64u << 10)
 #define POOL_MAX_ENTRY (16u << 20)

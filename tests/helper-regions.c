@@ -34,6 +34,10 @@
  *                         "EPERM" (all refused), "OK" (one worked) or the error
  *   !fds                  answer "fds=<our fd count>"
  *   !zero K               K zero-length regions, payload "zero"
+ *   !hold                 keep this message (its region 0) and answer "held"
+ *   !check                answer "held <size>:<sum>" of the kept region 0, then
+ *                         drop it (the region pool test: its bytes must not
+ *                         have changed meanwhile)
  *
  * Data messages: attached senders are each used once to send "via-sender"
  * with a region "region via sender", then dropped; the report is
@@ -353,6 +357,8 @@ static int mode_serve(const char *name) {
         ipcmux_message_unref(m);
         mine_tx = ipcmux_sender_unref(mine_tx);
 
+        ipcmux_shmem *held = NULL;
+
         while ((r = ipcmux_receiver_recv(mine_rx, &m)) >= 0) {
                 size_t size;
                 const char *p = ipcmux_message_get_data(m, &size);
@@ -385,6 +391,18 @@ static int mode_serve(const char *name) {
                         char buf[32];
                         snprintf(buf, sizeof(buf), "fds=%d", test_count_fds());
                         send_text(tx, buf);
+                } else if (strcmp(cmd, "!hold") == 0) {
+                        held = ipcmux_shmem_unref(held);
+                        CHECK(ipcmux_message_take_shmem(m, 0, &held));
+                        send_text(tx, "held");
+                } else if (strcmp(cmd, "!check") == 0) {
+                        char buf[64] = "held none";
+
+                        if (held)
+                                snprintf(buf, sizeof(buf), "held %zu:%016" PRIx64, ipcmux_shmem_get_size(held),
+                                         sum64(ipcmux_shmem_get_data(held), ipcmux_shmem_get_size(held)));
+                        send_text(tx, buf);
+                        held = ipcmux_shmem_unref(held);
                 } else if (sscanf(cmd, "!zero %llu", &a) == 1)
                         cmd_regions(tx, (unsigned) a, 0, 0);
                 else {
@@ -393,6 +411,7 @@ static int mode_serve(const char *name) {
                 }
                 ipcmux_message_unref(m);
         }
+        ipcmux_shmem_unref(held);
         ipcmux_sender_unref(tx);
         ipcmux_receiver_unref(mine_rx);
         ipcmux_channel_unref(ch);

@@ -1261,6 +1261,50 @@ TEST_F(Regions, PayloadSpillBoundaries) {
         p.expect_alive();
 }
 
+/*
+ * The sender's region pool (plugin/shmem.c) across processes, on the bus:
+ * a region a child still holds is never recycled for a later region of the
+ * same size, so the child keeps seeing its own bytes.  Run by the test
+ * 'regions-pool' only, with the pool on and bounded to one 256 KiB region
+ * (IPCMUX_SHMEM_POOL=262144), so that what the pool parks is known.
+ */
+TEST_F(Regions, PoolNeverRecyclesAHeldRegion) {
+        const char *pool = getenv("IPCMUX_SHMEM_POOL");
+        if (!pool || strcmp(pool, "262144") != 0)
+                GTEST_SKIP() << "needs IPCMUX_SHMEM_POOL=262144 (test 'regions-pool')";
+        const size_t SIZE = 256 * 1024;
+        Child c;
+        ASSERT_NO_FATAL_FAILURE(c.start());
+
+        /* One region parked in the pool from here on: the fd baseline. */
+        ipcmux_shmem_unref(pattern_region(SIZE, 1));
+        fds_before = test_count_fds();
+
+        for (uint64_t seed = 2; seed < 6; seed++) {
+                /* A region (the parked memfd, if nobody holds it) that the
+                 * child keeps... */
+                Regs held;
+                held.add(pattern_region(SIZE, seed));
+                ipcmux_message *m = build("!hold", held);
+                EXPECT_EQ(c.call(m), "held");
+                ipcmux_message_unref(m);
+                ipcmux_shmem_unref(held.v[0]);
+                held.v.clear();
+
+                /* ...then a region of the same size, filled differently,
+                 * sent and checked as usual... */
+                Regs other;
+                other.add(pattern_region(SIZE, seed + 100));
+                m = build("data", other);
+                EXPECT_EQ(c.call(m), report_of("data", other));
+                ipcmux_message_unref(m);
+
+                /* ...did not overwrite what the child holds. */
+                EXPECT_EQ(c.command("!check"), "held " + std::to_string(SIZE) + ":" + hex16(pattern_sum(SIZE, seed)));
+        }
+        EXPECT_EQ(c.stop(), 0);
+}
+
 #endif /* !REGIONS_BIG */
 
 /* A payload of @size bytes to the child and back, with send_bytes and with
