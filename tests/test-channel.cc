@@ -28,129 +28,14 @@
 #include <thread>
 #include <utility>
 
-#include "bus-fixture.h"
+#include "test-util.h"
 
 namespace {
-
-/* ---- RAII glue ----------------------------------------------------------- */
-
-struct Unref {
-        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
-        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
-        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
-        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
-        void operator()(ipcmux_shmem *p) const { ipcmux_shmem_unref(p); }
-        void operator()(ipcmux_server *p) const { ipcmux_server_unref(p); }
-};
-using Channel = std::unique_ptr<ipcmux_channel, Unref>;
-using Sender = std::unique_ptr<ipcmux_sender, Unref>;
-using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
-using Message = std::unique_ptr<ipcmux_message, Unref>;
-using Shmem = std::unique_ptr<ipcmux_shmem, Unref>;
-using Server = std::unique_ptr<ipcmux_server, Unref>;
-
-/* out(u) passes a T** to a C call; the result lands in u when the call's
- * full expression ends (only if the call set it). */
-template <typename T> class OutPtr {
-public:
-        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
-        ~OutPtr() {
-                if (p_)
-                        u_.reset(p_);
-        }
-        operator T **() { return &p_; }
-
-private:
-        std::unique_ptr<T, Unref> &u_;
-        T *p_ = nullptr;
-};
-template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
-        return OutPtr<T>(u);
-}
-
-struct Fd {
-        int fd = -1;
-        Fd() = default;
-        explicit Fd(int f) : fd(f) {}
-        Fd(const Fd &) = delete;
-        Fd &operator=(const Fd &) = delete;
-        ~Fd() { reset(); }
-        void reset(int f = -1) {
-                if (fd >= 0)
-                        close(fd);
-                fd = f;
-        }
-};
-
-Sender clone(const Sender &s) {
-        return Sender(ipcmux_sender_ref(s.get()));
-}
-
-struct Sub {
-        Sender tx;
-        Receiver rx;
-};
-
-void new_sub(ipcmux_channel *c, Sub *s) {
-        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
-        ASSERT_NE(s->tx, nullptr);
-        ASSERT_NE(s->rx, nullptr);
-}
-
-void new_channel(Channel *c) {
-        ASSERT_OK(ipcmux_channel_new(out(*c)));
-        ASSERT_NE(*c, nullptr);
-}
-
-void send_str(ipcmux_sender *tx, const std::string &s) {
-        ASSERT_OK(ipcmux_sender_send_bytes(tx, s.data(), s.size()));
-}
-
-/* A message with @payload and @senders attached (the message holds its own
- * copies; the caller keeps its references). */
-void build(Message *m, const std::string &payload, std::vector<ipcmux_sender *> senders = {}) {
-        ASSERT_OK(ipcmux_message_new(out(*m)));
-        ASSERT_OK(ipcmux_message_append(m->get(), payload.data(), payload.size()));
-        for (size_t i = 0; i < senders.size(); i++)
-                ASSERT_EQ(ipcmux_message_attach_sender(m->get(), senders[i]), (int) i);
-}
-
-/* Send @payload with @senders attached; the message is dropped afterwards. */
-void send_with(ipcmux_sender *tx, const std::string &payload, std::vector<ipcmux_sender *> senders) {
-        Message m;
-        ASSERT_NO_FATAL_FAILURE(build(&m, payload, std::move(senders)));
-        ASSERT_OK(ipcmux_sender_send(tx, m.get()));
-}
 
 void recv_msg(ipcmux_receiver *rx, Message *m) {
         m->reset();
         ASSERT_OK(recv_bounded(rx, out(*m)));
         ASSERT_NE(*m, nullptr);
-}
-
-/* The next payload as a string, or a description of the failure. */
-std::string recv_str(ipcmux_receiver *rx, uint64_t usec = 10000000) {
-        Message m;
-        int r = recv_bounded(rx, out(m), usec);
-        if (r < 0)
-                return std::string("<recv failed: ") + strerror(-r) + ">";
-        if (!m)
-                return "<recv returned no message>";
-        return msg_str(m.get());
-}
-
-/* The error recv ends with; a message instead is reported as 1. */
-int recv_error(ipcmux_receiver *rx, uint64_t usec = 10000000) {
-        Message m;
-        int r = recv_bounded(rx, out(m), usec);
-        return r >= 0 ? 1 : r;
-}
-
-/* try_recv, with a message counted as 1. */
-int try_recv_state(ipcmux_receiver *rx) {
-        Message m;
-        int r = ipcmux_receiver_try_recv(rx, out(m));
-        return r >= 0 ? 1 : r;
 }
 
 /* Receive a message carrying exactly one sender and take that sender. */
@@ -177,23 +62,6 @@ bool is_lower_hex(const std::string &s) {
                         return false;
         return true;
 }
-
-/* A test with one channel of its own, released before the fd check. */
-class ChannelTest : public BusTest {
-protected:
-        Channel ch;
-
-        void SetUp() override {
-                BusTest::SetUp();
-                if (HasFatalFailure())
-                        return;
-                ASSERT_NO_FATAL_FAILURE(new_channel(&ch));
-        }
-        void TearDown() override {
-                ch.reset();
-                BusTest::TearDown();
-        }
-};
 
 } /* namespace */
 
@@ -1620,63 +1488,21 @@ TEST_F(ChannelTest, TwoThreadsBlockedOnTwoReceivers) {
 class TwoConnTest : public ChannelTest {
 protected:
         Channel far;
-        /* The pump: a thread that keeps the far connection dispatched, as a
-         * process busy in recv would (ipcmux has no I/O thread). */
-        Sub pump;
-        std::thread pump_thread;
-        std::atomic<bool> pump_stop{false};
+        /* Keeps the far connection dispatched, as a process busy in recv
+         * would (started by the tests that need it). */
+        Pump pump;
 
         void SetUp() override {
                 ChannelTest::SetUp();
                 if (HasFatalFailure())
                         return;
-                sd_bus *bus = nullptr;
-                ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
-                int r = ipcmux_channel_new_for_bus(bus, out(far));
-                sd_bus_unref(bus);
-                ASSERT_OK(r);
+                ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
                 ASSERT_STRNE(ipcmux_channel_get_unique_name(far.get()), ipcmux_channel_get_unique_name(ch.get()));
         }
         void TearDown() override {
-                stop_pump();
+                pump.stop();
                 far.reset();
                 ChannelTest::TearDown();
-        }
-
-        void start_pump() {
-                ASSERT_NO_FATAL_FAILURE(new_sub(far.get(), &pump));
-                ipcmux_receiver *rx = pump.rx.get();
-                pump_thread = std::thread([this, rx]() {
-                        while (!pump_stop.load()) {
-                                ipcmux_message *m = nullptr;
-                                (void) ipcmux_receiver_try_recv_timeout(rx, 20000, &m);
-                                ipcmux_message_unref(m);
-                        }
-                });
-        }
-        void stop_pump() {
-                if (!pump_thread.joinable())
-                        return;
-                pump_stop = true;
-                (void) ipcmux_sender_send_bytes(pump.tx.get(), "", 0);
-                pump_thread.join();
-                pump.tx.reset();
-                pump.rx.reset();
-        }
-
-        /* A subchannel whose receiver is on @rx_side and whose sender is
-         * held through @tx_side's connection (bootstrapped by name). */
-        void bridge(ipcmux_channel *rx_side, ipcmux_channel *tx_side, Sender *tx, Receiver *rx) {
-                Server srv;
-                char *name = nullptr;
-                Message first;
-
-                ASSERT_OK(ipcmux_server_new_for_channel(rx_side, out(srv), &name));
-                std::unique_ptr<char, decltype(&free)> name_owner(name, free);
-                ASSERT_OK(ipcmux_sender_connect_for_channel(tx_side, name, out(*tx)));
-                ASSERT_NO_FATAL_FAILURE(send_str(tx->get(), "hello"));
-                ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 10000000, out(*rx), out(first)));
-                ASSERT_EQ(msg_str(first.get()), "hello");
         }
 };
 
@@ -1762,7 +1588,7 @@ TEST_F(TwoConnTest, SenderDroppedInFlightOverTheBus) {
          * (not certain: two endpoints) that the carrier is already queued. */
         ASSERT_NO_FATAL_FAILURE(send_str(marker_tx.get(), "marker"));
         EXPECT_EQ(recv_str(marker_rx.get()), "marker");
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         carrier_rx.reset();
         EXPECT_EQ(recv_error(sub.rx.get()), -EPIPE);
 }
@@ -1776,7 +1602,7 @@ TEST_F(TwoConnTest, CarrierReceiverDroppedBeforeSend) {
 
         ASSERT_NO_FATAL_FAILURE(bridge(far.get(), ch.get(), &carrier_tx, &carrier_rx));
         ASSERT_NO_FATAL_FAILURE(new_sub(ch.get(), &sub));
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         carrier_rx.reset();
         /* The near side may not know yet: the send succeeds or says -EPIPE. */
         Message m;
@@ -1833,7 +1659,7 @@ TEST_F(TwoConnTest, EmbeddedSendersInteractingOverTheBus) {
         ASSERT_NO_FATAL_FAILURE(send_str(g_on_near.get(), "to far"));
         EXPECT_EQ(recv_str(sub_near.rx.get()), "to near");
         EXPECT_EQ(recv_str(sub_far.rx.get()), "to far");
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         g_on_far.reset();
         g_on_near.reset();
         EXPECT_EQ(recv_error(sub_near.rx.get()), -EPIPE);
@@ -1860,7 +1686,7 @@ TEST_F(TwoConnTest, MiddlemanOverTheBus) {
         ASSERT_OK(ipcmux_message_take_sender(m.get(), 0, out(mid_super)));
         ASSERT_OK(ipcmux_message_take_sender(m.get(), 1, out(mid_sub)));
         m.reset();
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         ASSERT_NO_FATAL_FAILURE(send_with(mid_super.get(), "forwarded", {mid_sub.get()}));
         mid_sub.reset();
         mid_super.reset();

@@ -31,57 +31,9 @@
 #include <thread>
 #include <utility>
 
-#include "bus-fixture.h"
+#include "test-util.h"
 
 namespace {
-
-/* ---- RAII glue ----------------------------------------------------------- */
-
-struct Unref {
-        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
-        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
-        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
-        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
-        void operator()(ipcmux_shmem *p) const { ipcmux_shmem_unref(p); }
-        void operator()(ipcmux_server *p) const { ipcmux_server_unref(p); }
-};
-using Channel = std::unique_ptr<ipcmux_channel, Unref>;
-using Sender = std::unique_ptr<ipcmux_sender, Unref>;
-using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
-using Message = std::unique_ptr<ipcmux_message, Unref>;
-using Shmem = std::unique_ptr<ipcmux_shmem, Unref>;
-using Server = std::unique_ptr<ipcmux_server, Unref>;
-
-template <typename T> class OutPtr {
-public:
-        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
-        ~OutPtr() {
-                if (p_)
-                        u_.reset(p_);
-        }
-        operator T **() { return &p_; }
-
-private:
-        std::unique_ptr<T, Unref> &u_;
-        T *p_ = nullptr;
-};
-template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
-        return OutPtr<T>(u);
-}
-
-struct Fd {
-        int fd = -1;
-        Fd() = default;
-        explicit Fd(int f) : fd(f) {}
-        Fd(const Fd &) = delete;
-        Fd &operator=(const Fd &) = delete;
-        ~Fd() { reset(); }
-        void reset(int f = -1) {
-                if (fd >= 0)
-                        close(fd);
-                fd = f;
-        }
-};
 
 struct Pipe {
         Fd rd, wr;
@@ -111,47 +63,6 @@ int count_memfd_mappings() {
         return n;
 }
 
-Sender clone(const Sender &s) {
-        return Sender(ipcmux_sender_ref(s.get()));
-}
-
-struct Sub {
-        Sender tx;
-        Receiver rx;
-};
-
-void new_sub(ipcmux_channel *c, Sub *s) {
-        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
-}
-
-void new_channel(Channel *c) {
-        ASSERT_OK(ipcmux_channel_new(out(*c)));
-}
-
-void send_str(ipcmux_sender *tx, const std::string &s) {
-        ASSERT_OK(ipcmux_sender_send_bytes(tx, s.data(), s.size()));
-}
-
-std::string recv_str(ipcmux_receiver *rx) {
-        Message m;
-        int r = recv_bounded(rx, out(m));
-        if (r < 0)
-                return std::string("<recv failed: ") + strerror(-r) + ">";
-        return msg_str(m.get());
-}
-
-int recv_error(ipcmux_receiver *rx, uint64_t usec = 10000000) {
-        Message m;
-        int r = recv_bounded(rx, out(m), usec);
-        return r >= 0 ? 1 : r;
-}
-
-int try_recv_state(ipcmux_receiver *rx) {
-        Message m;
-        int r = ipcmux_receiver_try_recv(rx, out(m));
-        return r >= 0 ? 1 : r;
-}
-
 /* A send on a dropped receiver: -EPIPE, and without blocking. */
 void expect_send_epipe(ipcmux_sender *tx, const char *what) {
         uint64_t t0 = test_now_usec();
@@ -161,41 +72,8 @@ void expect_send_epipe(ipcmux_sender *tx, const char *what) {
         EXPECT_LT(dt, (uint64_t) 1000000) << what << ": send blocked for " << dt << " us";
 }
 
-/* A message carrying @payload, the given senders, fds and regions. */
-void build(Message *m, const std::string &payload, std::vector<ipcmux_sender *> senders = {},
-           std::vector<int> fds = {}, std::vector<ipcmux_shmem *> regions = {}) {
-        ASSERT_OK(ipcmux_message_new(out(*m)));
-        ASSERT_OK(ipcmux_message_append(m->get(), payload.data(), payload.size()));
-        for (size_t i = 0; i < senders.size(); i++)
-                ASSERT_EQ(ipcmux_message_attach_sender(m->get(), senders[i]), (int) i);
-        for (size_t i = 0; i < fds.size(); i++)
-                ASSERT_EQ(ipcmux_message_attach_fd(m->get(), fds[i]), (int) i);
-        for (size_t i = 0; i < regions.size(); i++)
-                ASSERT_EQ(ipcmux_message_attach_shmem(m->get(), regions[i]), (int) i);
-}
-
-void send_with(ipcmux_sender *tx, const std::string &payload, std::vector<ipcmux_sender *> senders = {},
-               std::vector<int> fds = {}, std::vector<ipcmux_shmem *> regions = {}) {
-        Message m;
-        ASSERT_NO_FATAL_FAILURE(build(&m, payload, std::move(senders), std::move(fds), std::move(regions)));
-        ASSERT_OK(ipcmux_sender_send(tx, m.get()));
-}
-
-class DropTest : public BusTest {
-protected:
-        Channel ch;
-
-        void SetUp() override {
-                BusTest::SetUp();
-                if (HasFatalFailure())
-                        return;
-                ASSERT_NO_FATAL_FAILURE(new_channel(&ch));
-        }
-        void TearDown() override {
-                ch.reset();
-                BusTest::TearDown();
-        }
-};
+/* ChannelTest (test-util.h), under the suite name these tests are known by. */
+class DropTest : public ChannelTest {};
 
 } /* namespace */
 
@@ -588,61 +466,19 @@ namespace {
 class RemoteDropTest : public DropTest {
 protected:
         Channel far;
-        Sub pump;
-        std::thread pump_thread;
-        std::atomic<bool> pump_stop{false};
+        Pump pump;
 
         void SetUp() override {
                 DropTest::SetUp();
                 if (HasFatalFailure())
                         return;
-                sd_bus *bus = nullptr;
-                ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
-                int r = ipcmux_channel_new_for_bus(bus, out(far));
-                sd_bus_unref(bus);
-                ASSERT_OK(r);
+                ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         }
         void TearDown() override {
-                stop_pump();
+                pump.stop();
                 far.reset();
                 DropTest::TearDown();
         }
-
-        void start_pump() {
-                ASSERT_NO_FATAL_FAILURE(new_sub(far.get(), &pump));
-                ipcmux_receiver *rx = pump.rx.get();
-                pump_thread = std::thread([this, rx]() {
-                        while (!pump_stop.load()) {
-                                ipcmux_message *m = nullptr;
-                                (void) ipcmux_receiver_try_recv_timeout(rx, 20000, &m);
-                                ipcmux_message_unref(m);
-                        }
-                });
-        }
-        void stop_pump() {
-                if (!pump_thread.joinable())
-                        return;
-                pump_stop = true;
-                (void) ipcmux_sender_send_bytes(pump.tx.get(), "", 0);
-                pump_thread.join();
-                pump.tx.reset();
-                pump.rx.reset();
-        }
-
-        /* A near sender for a far receiver, bootstrapped by name. */
-        void bridge(Sender *tx, Receiver *rx) {
-                Server srv;
-                char *name = nullptr;
-                Message first;
-
-                ASSERT_OK(ipcmux_server_new_for_channel(far.get(), out(srv), &name));
-                std::unique_ptr<char, decltype(&free)> name_owner(name, free);
-                ASSERT_OK(ipcmux_sender_connect_for_channel(ch.get(), name, out(*tx)));
-                ASSERT_NO_FATAL_FAILURE(send_str(tx->get(), "hello"));
-                ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 10000000, out(*rx), out(first)));
-                ASSERT_EQ(msg_str(first.get()), "hello");
-        }
-
 };
 
 } /* namespace */
@@ -654,7 +490,7 @@ TEST_F(RemoteDropTest, RemoteSenderSeesEpipe) {
         Receiver rx;
         Sub near_dummy;
 
-        ASSERT_NO_FATAL_FAILURE(bridge(&tx, &rx));
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), ch.get(), &tx, &rx));
         ASSERT_NO_FATAL_FAILURE(new_sub(ch.get(), &near_dummy));
         rx.reset();
         uint64_t deadline = test_now_usec() + 5000000;
@@ -684,7 +520,7 @@ TEST_F(RemoteDropTest, QueuedFdsReleasedRemote) {
         Message first;
         int before = test_count_fds();
 
-        ASSERT_NO_FATAL_FAILURE(bridge(&tx, &rx));
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), ch.get(), &tx, &rx));
         ASSERT_NO_FATAL_FAILURE(new_pipe(&p));
         for (int i = 0; i < 100; i++)
                 ASSERT_NO_FATAL_FAILURE(send_with(tx.get(), std::to_string(i), {}, {p.rd.fd}));
@@ -697,13 +533,13 @@ TEST_F(RemoteDropTest, QueuedFdsReleasedRemote) {
         first.reset();
         EXPECT_FALSE(readers_gone(p.wr.fd)) << "99 read ends are queued or on their way";
         /* ...the other 99 are dropped with the receiver, read or not. */
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         rx.reset();
         uint64_t deadline = test_now_usec() + 5000000;
         while (!readers_gone(p.wr.fd) && test_now_usec() < deadline)
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
         EXPECT_TRUE(readers_gone(p.wr.fd)) << "fds sent to a dropped remote receiver still open";
-        stop_pump();
+        pump.stop();
         p.wr.reset();
         EXPECT_EQ(test_count_fds(), before);
 }
@@ -716,7 +552,7 @@ TEST_F(RemoteDropTest, QueuedSendersReleasedRemote) {
         Receiver rx;
         Sub target;
 
-        ASSERT_NO_FATAL_FAILURE(bridge(&tx, &rx));
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), ch.get(), &tx, &rx));
         ASSERT_NO_FATAL_FAILURE(new_sub(ch.get(), &target));
         for (int i = 0; i < 10; i++)
                 ASSERT_NO_FATAL_FAILURE(send_with(tx.get(), "", {target.tx.get()}));
@@ -731,7 +567,7 @@ TEST_F(RemoteDropTest, QueuedSendersReleasedRemote) {
                 ASSERT_NO_FATAL_FAILURE(send_str(s.get(), "from far"));
         }
         EXPECT_EQ(recv_str(target.rx.get()), "from far");
-        ASSERT_NO_FATAL_FAILURE(start_pump());
+        ASSERT_NO_FATAL_FAILURE(pump.start(far.get()));
         rx.reset();
         EXPECT_EQ(recv_error(target.rx.get()), -EPIPE);
 }

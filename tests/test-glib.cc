@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -21,109 +22,23 @@
 
 #include <ipcmux/ipcmux-glib.h>
 
-#include "bus-fixture.h"
+#include "test-util.h"
 
 namespace {
 
-struct Unref {
-        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
-        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
-        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
-        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
-        void operator()(ipcmux_server *p) const { ipcmux_server_unref(p); }
+/* GVariants are no ipcmux handles: a holder of their own. */
+struct VariantUnref {
         void operator()(GVariant *p) const { g_variant_unref(p); }
 };
-using Channel = std::unique_ptr<ipcmux_channel, Unref>;
-using Sender = std::unique_ptr<ipcmux_sender, Unref>;
-using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
-using Message = std::unique_ptr<ipcmux_message, Unref>;
-using Server = std::unique_ptr<ipcmux_server, Unref>;
-using Variant = std::unique_ptr<GVariant, Unref>;
+using Variant = std::unique_ptr<GVariant, VariantUnref>;
 
-template <typename T> class OutPtr {
-public:
-        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
-        ~OutPtr() {
-                if (p_)
-                        u_.reset(p_);
-        }
-        operator T **() { return &p_; }
-
-private:
-        std::unique_ptr<T, Unref> &u_;
-        T *p_ = nullptr;
-};
-template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
-        return OutPtr<T>(u);
-}
-
-struct Sub {
-        Sender tx;
-        Receiver rx;
-};
-
-void new_sub(ipcmux_channel *c, Sub *s) {
-        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
-}
-
-std::vector<std::string> numbered(const std::string &prefix, int n) {
-        std::vector<std::string> v;
-        for (int i = 0; i < n; i++)
-                v.push_back(prefix + std::to_string(i));
-        return v;
-}
-
-const std::string kEof = "<EOF>";
-
-/* What a handler saw; quits @loop at EOF. */
-struct Rec {
-        std::mutex mu;
-        std::vector<std::string> log;
-        int bad = 0, after_eof = 0, overlaps = 0, eofs = 0;
-        std::atomic<int> in_call{0};
-        std::set<std::thread::id> threads;
-        GMainLoop *loop = nullptr;
-
-        std::vector<std::string> get_log() {
-                std::lock_guard<std::mutex> g(mu);
-                return log;
-        }
-};
-
-void rec_handler(ipcmux_receiver *, ipcmux_message *m, int error, void *userdata) {
-        Rec *rec = (Rec *) userdata;
-        bool overlap = rec->in_call.fetch_add(1) != 0;
-        bool quit = false;
-        {
-                std::lock_guard<std::mutex> g(rec->mu);
-                rec->overlaps += overlap;
-                rec->after_eof += rec->eofs > 0;
-                if (m && error == 0)
-                        rec->log.push_back(msg_str(m));
-                else if (!m && error == -EPIPE) {
-                        rec->log.push_back(kEof);
-                        rec->eofs++;
-                        quit = true;
-                } else
-                        rec->bad++;
-                rec->threads.insert(std::this_thread::get_id());
-        }
-        if (quit && rec->loop)
-                g_main_loop_quit(rec->loop);
-        rec->in_call.fetch_sub(1);
-}
-
-void expect_clean(Rec &rec) {
-        std::lock_guard<std::mutex> g(rec.mu);
-        EXPECT_EQ(rec.bad, 0);
-        EXPECT_EQ(rec.after_eof, 0);
-        EXPECT_EQ(rec.overlaps, 0);
-        EXPECT_LE(rec.eofs, 1);
-}
-
-std::vector<std::string> with_eof(std::vector<std::string> v) {
-        v.push_back(kEof);
-        return v;
+/* A Rec::then that quits @loop from inside the EOF call: the tests run the
+ * loop until their receiver disconnects. */
+std::function<void(ipcmux_receiver *, ipcmux_message *, int)> quit_on_eof(GMainLoop *loop) {
+        return [loop](ipcmux_receiver *, ipcmux_message *m, int error) {
+                if (!m && error == -EPIPE)
+                        g_main_loop_quit(loop);
+        };
 }
 
 /* GLib opens one eventfd for the process the first time a thread pushes a
@@ -237,7 +152,7 @@ TEST_F(GlibTest, HandlerReceivesFromHelperProcess) {
         /* A blocking call beside the attached source. */
         ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 20000000, out(rx), out(first)));
         EXPECT_EQ(msg_str(first.get()), "first");
-        rec.loop = loop;
+        rec.then = quit_on_eof(loop);
         ASSERT_OK(ipcmux_receiver_set_handler(rx.get(), rec_handler, &rec));
         run();
         EXPECT_FALSE(timed_out);
@@ -256,7 +171,7 @@ TEST_F(GlibTest, HandlerRunsOnTheThreadIteratingTheContext) {
         GSource *src = attach_source();
         ASSERT_NE(src, nullptr);
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
-        rec.loop = loop;
+        rec.then = quit_on_eof(loop);
         ASSERT_OK(ipcmux_receiver_set_handler(s.rx.get(), rec_handler, &rec));
         std::thread t([&]() {
                 loop_thread = std::this_thread::get_id();
@@ -323,7 +238,7 @@ TEST_F(GlibTest, DestroyingTheSourceFreesTheSlot) {
         /* The new source drives: a handler sees a local message. */
         Sub s;
         Rec rec;
-        rec.loop = loop;
+        rec.then = quit_on_eof(loop);
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
         ASSERT_OK(ipcmux_receiver_set_handler(s.rx.get(), rec_handler, &rec));
         ASSERT_OK(ipcmux_sender_send_bytes(s.tx.get(), "x", 1));
@@ -366,7 +281,7 @@ TEST_F(GlibTest, SourceOfDroppedChannelKeepsConnection) {
 
         Sub s;
         Rec rec;
-        rec.loop = loop;
+        rec.then = quit_on_eof(loop);
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
         ASSERT_OK(ipcmux_receiver_set_handler(s.rx.get(), rec_handler, &rec));
         ASSERT_OK(ipcmux_sender_send_bytes(s.tx.get(), "k", 1));
@@ -460,22 +375,10 @@ TEST_F(GlibTest, VariantRoundTripOverTheBus) {
         Channel far;
         Sender tx;
         Receiver rx;
-        Message first, m;
-        sd_bus *bus = nullptr;
+        Message m;
 
-        ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
-        int r = ipcmux_channel_new_for_bus(bus, out(far));
-        sd_bus_unref(bus);
-        ASSERT_OK(r);
-        {
-                char *n = nullptr;
-                ASSERT_OK(ipcmux_server_new_for_channel(warm, out(srv), &n));
-                r = ipcmux_sender_connect_for_channel(far.get(), n, out(tx));
-                free(n);
-                ASSERT_OK(r);
-        }
-        ASSERT_OK(ipcmux_sender_send_bytes(tx.get(), "hello", 5));
-        ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 10000000, out(rx), out(first)));
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
+        ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &tx, &rx));
 
         Variant v(sample_value());
         ASSERT_OK(ipcmux_glib_send_variant(tx.get(), v.get()));

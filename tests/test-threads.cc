@@ -40,52 +40,9 @@
 #include <thread>
 #include <vector>
 
-#include "bus-fixture.h"
+#include "test-util.h"
 
 namespace {
-
-struct Unref {
-        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
-        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
-        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
-        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
-        void operator()(ipcmux_server *p) const { ipcmux_server_unref(p); }
-};
-using Channel = std::unique_ptr<ipcmux_channel, Unref>;
-using Sender = std::unique_ptr<ipcmux_sender, Unref>;
-using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
-using Message = std::unique_ptr<ipcmux_message, Unref>;
-using Server = std::unique_ptr<ipcmux_server, Unref>;
-
-template <typename T> class OutPtr {
-public:
-        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
-        ~OutPtr() {
-                if (p_)
-                        u_.reset(p_);
-        }
-        operator T **() { return &p_; }
-
-private:
-        std::unique_ptr<T, Unref> &u_;
-        T *p_ = nullptr;
-};
-template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
-        return OutPtr<T>(u);
-}
-
-struct Sub {
-        Sender tx;
-        Receiver rx;
-};
-
-void new_sub(ipcmux_channel *c, Sub *s) {
-        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
-}
-
-Sender clone(ipcmux_sender *s) {
-        return Sender(ipcmux_sender_ref(s));
-}
 
 /* "t:i" payloads: which thread, which of its sends. */
 std::string tagged(int t, int i) {
@@ -95,68 +52,15 @@ bool parse_tagged(const std::string &s, int *t, int *i) {
         return sscanf(s.c_str(), "%d:%d", t, i) == 2;
 }
 
-/* Keeps a connection dispatched from a thread of its own. */
-class Pump {
-public:
-        ~Pump() { stop(); }
-        void start(ipcmux_channel *ch) {
-                ASSERT_NO_FATAL_FAILURE(new_sub(ch, &sub_));
-                ipcmux_receiver *rx = sub_.rx.get();
-                thread_ = std::thread([this, rx]() {
-                        while (!stop_.load()) {
-                                ipcmux_message *m = nullptr;
-                                (void) ipcmux_receiver_try_recv_timeout(rx, 10000, &m);
-                                ipcmux_message_unref(m);
-                        }
-                });
-        }
-        void stop() {
-                if (!thread_.joinable())
-                        return;
-                stop_ = true;
-                (void) ipcmux_sender_send_bytes(sub_.tx.get(), "", 0);
-                thread_.join();
-                sub_.tx.reset();
-                sub_.rx.reset();
-        }
-
-private:
-        Sub sub_;
-        std::thread thread_;
-        std::atomic<bool> stop_{false};
-};
-
 class ThreadTest : public BusTest {
 protected:
+        /* A second connection of this process (new_far_channel()): its
+         * messages travel through the bus. */
         Channel far;
 
         void TearDown() override {
                 far.reset();
                 BusTest::TearDown();
-        }
-
-        /* A second connection of this process: its messages travel through the bus. */
-        void open_far() {
-                sd_bus *bus = nullptr;
-                ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
-                int r = ipcmux_channel_new_for_bus(bus, out(far));
-                sd_bus_unref(bus);
-                ASSERT_OK(r);
-        }
-
-        /* A subchannel received on @rx_side, sent to through @tx_side (one-shot server). */
-        void bridge(ipcmux_channel *rx_side, ipcmux_channel *tx_side, Sender *tx, Receiver *rx) {
-                Server srv;
-                Message first;
-                char *name = nullptr;
-
-                ASSERT_OK(ipcmux_server_new_for_channel(rx_side, out(srv), &name));
-                int r = ipcmux_sender_connect_for_channel(tx_side, name, out(*tx));
-                free(name);
-                ASSERT_OK(r);
-                ASSERT_OK(ipcmux_sender_send_bytes(tx->get(), "hello", 5));
-                ASSERT_OK(ipcmux_server_accept_timeout(srv.get(), 10000000, out(*rx), out(first)));
-                ASSERT_EQ(msg_str(first.get()), "hello");
         }
 
         /*
@@ -219,7 +123,7 @@ TEST_F(ThreadTest, ClonesOfOneSenderFromFourThreadsOverTheBus) {
         Receiver rx;
         Pump far_pump;
 
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &tx, &rx));
         /* The sending connection is also read by a thread of its own (credits, Closed). */
         ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
@@ -402,7 +306,7 @@ TEST_F(ThreadTest, ReceiverBlockedWhileClonesDroppedOnManyThreads) {
 
 TEST_F(ThreadTest, ReceiverBlockedWhileRemoteSenderDropped) {
         /* The last sender is on another connection: the EOF comes over the bus. */
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         for (int i = 0; i < 30; i++) {
                 Sender tx;
                 Receiver rx;
@@ -485,7 +389,7 @@ TEST_F(ThreadTest, FourBlockedReceiversOneSenderThreadOverTheBus) {
         std::vector<Receiver> rxs(4);
         Pump far_pump;
 
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         for (int k = 0; k < 4; k++)
                 ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &txs[k], &rxs[k]));
         ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
@@ -772,7 +676,7 @@ TEST_F(ThreadTest, EventLoopThreadBesideBlockingThreads) {
         /* The loop fd lives as long as the connection: not a leak. */
         ASSERT_GE(ipcmux_channel_get_fd(warm), 0);
         fds_before = test_count_fds();
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &handled));
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &plain));
         ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &remote_tx, &remote_rx));
@@ -1028,7 +932,7 @@ TEST_P(BesideLoopTest, BlockedRecvWokenByMessageOverTheBus) {
         std::vector<Sender> txs(N);
         std::vector<Receiver> rxs(N);
 
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         for (int i = 0; i < N; i++)
                 ASSERT_NO_FATAL_FAILURE(bridge(warm, far.get(), &txs[i], &rxs[i]));
         ASSERT_NO_FATAL_FAILURE(far_pump.start(far.get()));
@@ -1053,7 +957,7 @@ TEST_F(ThreadTest, ConcurrentOneShotServers) {
         std::vector<std::thread> threads;
         std::atomic<int> failures{0};
 
-        ASSERT_NO_FATAL_FAILURE(open_far());
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         for (int t = 0; t < T; t++)
                 threads.emplace_back([this, t, &failures]() {
                         for (int i = 0; i < N; i++) {
