@@ -284,16 +284,16 @@ static int root_method_credit(sd_bus_message *m, void *userdata, sd_bus_error *e
 static int root_method_sync(sd_bus_message *m, void *userdata, sd_bus_error *error);
 static int root_method_ack(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         const char *sender = sd_bus_message_get_sender(m);
-        uint64_t bytes;
+        uint64_t bytes, calls;
         Peer *p;
         int r;
 
-        r = sd_bus_message_read_basic(m, 't', &bytes);
+        r = sd_bus_message_read(m, "tt", &bytes, &calls);
         if (r < 0)
                 return r;
         p = sender ? peer_find(userdata, sender) : NULL;
         if (p)
-                peer_ack(p, bytes);
+                peer_ack(p, bytes, calls);
         return sd_bus_message_get_expect_reply(m) ? sd_bus_reply_method_return(m, NULL) : 1;
 }
 static int root_method_connect(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -313,7 +313,7 @@ static const sd_bus_vtable root_vtable[] = {
         SD_BUS_METHOD_WITH_NAMES("Credit", "ott", SD_BUS_PARAM(path) SD_BUS_PARAM(messages) SD_BUS_PARAM(bytes),
                                  "", , root_method_credit,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
-        SD_BUS_METHOD_WITH_NAMES("Ack", "t", SD_BUS_PARAM(bytes), "", , root_method_ack,
+        SD_BUS_METHOD_WITH_NAMES("Ack", "tt", SD_BUS_PARAM(bytes) SD_BUS_PARAM(calls), "", , root_method_ack,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD("Sync", "", "", root_method_sync, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Connect", "s", SD_BUS_PARAM(listener), "o", SD_BUS_PARAM(path),

@@ -89,8 +89,8 @@ void endpoint_retry(Endpoint *ep);
 /* The receiver is gone: fail sends, drop what is queued. */
 void endpoint_close(Endpoint *ep);
 void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes);
-/* The peer acknowledged receipt of @bytes (running total) from this process. */
-void peer_ack(Peer *p, uint64_t bytes);
+/* The peer acknowledged receipt of @bytes and @calls (running totals) from this process. */
+void peer_ack(Peer *p, uint64_t bytes, uint64_t calls);
 
 /* Flow-control defaults (per subchannel window, per peer cap). */
 #define WINDOW_MSGS 8192u
@@ -100,9 +100,20 @@ void peer_ack(Peer *p, uint64_t bytes);
  * PEER_CAP_STEP: the cap settles below what the broker's queue takes. */
 #define PEER_CAP_MIN (64u << 10)
 #define PEER_CAP_STEP (256u << 10)
-/* The receiver acknowledges receipt every this many bytes, and at once when
- * a stalled sender asks (WantCredit). */
+/*
+ * Subchannel calls one process may have in the bus to another (sent, not yet
+ * acknowledged or refused).  Every call dbus-daemon refuses costs the refused
+ * sender a ~450-byte error, which the daemon drops silently once that
+ * sender's own queue is over max_outgoing_bytes (1 MB in our low-limit
+ * tests): 1024 calls keep a whole round of refusals under half of that, so
+ * every refusal is seen and repaired.  It is also what makes a sender that
+ * outruns the broker batch (frames wait for the Ack, then leave together).
+ */
+#define PEER_CAP_CALLS 1024u
+/* The receiver acknowledges receipt every this many bytes or calls, and at
+ * once when a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)
+#define ACK_EVERY_CALLS (PEER_CAP_CALLS / 4)
 /* Send one call's worth of queued frames (conn_flush calls this). */
 int endpoint_flush_one(Endpoint *ep);
 void endpoints_fail_all(Conn *c);

@@ -10,6 +10,7 @@
 #include "macro.h"
 #include "peer.h"
 #include "receiver.h"
+#include "sentlog.h"
 
 static void peer_free(Peer *p) {
         Endpoint *ep, *tmp;
@@ -19,6 +20,7 @@ static void peer_free(Peer *p) {
                 ep->peer = NULL;
         }
         hashmap_remove(&p->conn->peers, p->name);
+        sentlog_forget_peer(p->conn, p);
         sd_bus_slot_unref(p->match_slot);
         sd_bus_slot_unref(p->check_slot);
         free(p->name);
@@ -335,21 +337,29 @@ _public_ int ipcmux_channel_get_peer_creds(ipcmux_channel *ch, const char *uniqu
 void peer_send_ack(Peer *p) {
         sd_bus_message *m = NULL;
 
-        if (p->gone || p->rx_bytes == p->rx_acked)
+        if (p->gone || (p->rx_bytes == p->rx_acked && p->rx_calls == p->rx_calls_acked))
                 return;
         if (conn_new_call(p->conn, p->name, IPCMUX_ROOT_PATH, IPCMUX_INTERFACE_PEER, "Ack", &m) < 0)
                 return;
-        if (sd_bus_message_append_basic(m, 't', &p->rx_bytes) < 0) {
+        if (sd_bus_message_append(m, "tt", p->rx_bytes, p->rx_calls) < 0) {
                 sd_bus_message_unref(m);
                 return;
         }
         p->rx_acked = p->rx_bytes;
+        p->rx_calls_acked = p->rx_calls;
+        log_debug("ipcmux: %s: Ack to %s: %" PRIu64 " bytes, %" PRIu64 " calls", p->conn->unique_name, p->name,
+                  p->rx_bytes, p->rx_calls);
         (void) conn_send_ctrl(p->conn, m);
 }
 
 void peer_received(Peer *p, uint64_t bytes) {
         p->rx_bytes += bytes;
         if (p->rx_bytes - p->rx_acked >= ACK_EVERY_BYTES)
+                peer_send_ack(p);
+}
+
+void peer_received_call(Peer *p) {
+        if (++p->rx_calls - p->rx_calls_acked >= ACK_EVERY_CALLS)
                 peer_send_ack(p);
 }
 

@@ -28,10 +28,15 @@ struct Peer {
         List endpoints;         /* Endpoint.peer_link */
         /* Sending side: bytes emitted to this peer and acknowledged (Ack). */
         uint64_t tx_bytes, tx_acked;
+        /* Sending side: subchannel calls to this peer in the bus (sent, not
+         * yet acknowledged nor refused): at most PEER_CAP_CALLS. */
+        uint64_t tx_calls, tx_calls_acked;
         uint64_t tx_cap;        /* PEER_CAP_BYTES, lowered while the broker refuses */
         uint64_t cap_round;     /* SentLog.rounds when tx_cap was last halved */
-        /* Receiving side: bytes received from this peer and acknowledged. */
+        /* Receiving side: bytes and subchannel calls received from this
+         * peer, and what of them was acknowledged. */
         uint64_t rx_bytes, rx_acked;
+        uint64_t rx_calls, rx_calls_acked;
         bool creds_known;
         uint32_t uid, pid;
         List graveyard_link;
@@ -42,6 +47,8 @@ int peer_watch(Conn *c, const char *name, Peer **ret);
 Peer *peer_find(Conn *c, const char *name);
 /* Count bytes received from @p; acknowledge per ACK_EVERY_BYTES. */
 void peer_received(Peer *p, uint64_t bytes);
+/* Count a subchannel call read from @p; acknowledge per ACK_EVERY_CALLS. */
+void peer_received_call(Peer *p);
 /* Acknowledge everything received now (the sender asked: WantCredit). */
 void peer_send_ack(Peer *p);
 /* Free gone peers (after a dispatch step). */

@@ -950,6 +950,9 @@ static int method_want_credit(sd_bus_message *call, void *userdata, sd_bus_error
                 return -ENOMEM;
         /* It may be stalled on the per-destination cap: acknowledge receipt. */
         peer = peer_find(rx->conn, sender);
+        log_debug("ipcmux: %s: WantCredit from %s (read %" PRIu64 " bytes, %" PRIu64 " calls; acked %" PRIu64 ", %" PRIu64 ")",
+                  rx->path, sender, peer ? peer->rx_bytes : 0, peer ? peer->rx_calls : 0, peer ? peer->rx_acked : 0,
+                  peer ? peer->rx_calls_acked : 0);
         if (peer)
                 peer_send_ack(peer);
         /* Credit now if everything from it was consumed, else when it is. */

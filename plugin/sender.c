@@ -26,6 +26,12 @@
 
 /* Most frames one Send call carries when the link was busy (batching). */
 #define BATCH_MAX_FRAMES 256u
+/* Most inline bytes a batch of several frames carries.  Big calls gain
+ * nothing more (256 frames of 1 KiB already cost one call each 256 KiB) and
+ * hurt: a broker that refuses a call refuses all of it, a 1 MB queue holds
+ * only a few, and a broker's max_message_size may be small (1 MB in our
+ * low-limit tests; a batch over it gets the sender disconnected). */
+#define BATCH_MAX_BYTES (256u << 10)
 /* Re-read the socket at least this often while the application only sends,
  * so Closed notifications (and credit) are seen promptly. */
 #define SEND_DISPATCH_INTERVAL_USEC 20000u
@@ -33,6 +39,8 @@
  * piles up meanwhile leaves batched, one call per ~256 frames. */
 #define SEND_BACKLOG_INTERVAL_USEC 1000u
 /* How long the last unref of a sender waits for its output to leave. */
+/* The last unref gives up on its queue after this long without progress
+ * (see endpoint_progress()). */
 #define RELEASE_FLUSH_TIMEOUT_USEC (10u * 1000000u)
 
 typedef struct OutFrame {
@@ -300,25 +308,33 @@ void endpoint_close(Endpoint *ep) {
 
 /* ---- credit window ------------------------------------------------------- */
 
+/* Does the per-peer cap let @cost more into the bus, in a new call if
+ * @new_call?  A lone call larger than the cap goes when nothing is in it. */
+static bool cap_allows(Endpoint *ep, uint64_t batch_cost, uint64_t cost, bool new_call) {
+        Peer *p = ep->peer;
+
+        if (!p)
+                return true;
+        uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
+        if ((in_bus > 0 && in_bus + cost > p->tx_cap) ||
+            (new_call && p->tx_calls - p->tx_calls_acked >= PEER_CAP_CALLS)) {
+                ep->stalled_on_cap = true;
+                return false;
+        }
+        return true;
+}
+
 /* May a frame of @cost leave now?  A lone frame larger than the window
  * still goes when nothing is in flight. */
 static bool window_allows_after(Endpoint *ep, unsigned n_batch, uint64_t batch_cost, uint64_t cost) {
         uint64_t msgs = ep->sent_msgs - ep->credit_msgs + n_batch;
         uint64_t bytes = ep->sent_bytes - ep->credit_bytes + batch_cost;
-        Peer *p = ep->peer;
 
         if (msgs > 0 && (msgs + 1 > WINDOW_MSGS || bytes + cost > WINDOW_BYTES)) {
                 ep->stalled_on_cap = false;
                 return false;
         }
-        if (p) {
-                uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
-                if (in_bus > 0 && in_bus + cost > p->tx_cap) {
-                        ep->stalled_on_cap = true;
-                        return false;
-                }
-        }
-        return true;
+        return cap_allows(ep, batch_cost, cost, n_batch == 0);
 }
 
 static bool window_allows(Endpoint *ep, uint64_t cost) {
@@ -422,16 +438,19 @@ void endpoint_retry(Endpoint *ep) {
                 endpoint_unmark_ready(ep);      /* drops the pin */
 }
 
-/* Send the first refused call again.  Not held back by the per-peer cap:
- * the retry timer paces what was refused (and backs off while refusals go
- * on), and waiting here for an Ack could wait for ever, since whatever the
- * receiver has not acknowledged may be exactly what was refused. */
+/* Send the first refused call again, within the per-peer cap like anything
+ * new: a refused call left the cap's count (endpoint_refused), so what the
+ * cap waits for is in the bus and will be acknowledged; sending everything
+ * refused at once overflows the same queue again (seen: refused calls of
+ * 256 frames going round for minutes). */
 static int endpoint_resend_one(Endpoint *ep, bool *sent) {
         ResendCall *rc = list_first_entry(&ep->resend, ResendCall, link);
         Peer *p = ep->peer;
         int r;
 
         *sent = false;
+        if (!cap_allows(ep, 0, rc->cost, true))
+                return 0;
         /* rc->m is a new, never sent copy (sentlog builds it): send it as is. */
         log_debug("ipcmux: %s%s: sending again from #%" PRIu64, ep->dest, ep->path, rc->seq);
         r = sentlog_send_again(ep->conn, rc->m, ep, rc->cost, rc->seq);
@@ -451,19 +470,24 @@ static int endpoint_resend_one(Endpoint *ep, bool *sent) {
         return 0;
 }
 
-void peer_ack(Peer *p, uint64_t bytes) {
+void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
         Endpoint *ep;
 
-        if (bytes <= p->tx_acked)
+        if (bytes <= p->tx_acked && calls <= p->tx_calls_acked)
                 return;
         /* The receiver's count is the truth: refusals and copies sent again
-         * can leave ours behind it (never let the difference block us). */
+         * can leave ours behind it (never let the difference block us); it
+         * also counts subchannel calls that are not part of a stream
+         * (Decline), which errs on the side of fewer calls in the bus. */
         if (bytes > p->tx_bytes) {
                 log_debug("ipcmux: %s acknowledged %" PRIu64 " bytes, we counted %" PRIu64, p->name, bytes,
                           p->tx_bytes);
                 p->tx_bytes = bytes;
         }
-        p->tx_acked = bytes;
+        if (calls > p->tx_calls)
+                p->tx_calls = calls;
+        p->tx_acked = MAX(p->tx_acked, bytes);
+        p->tx_calls_acked = MAX(p->tx_calls_acked, calls);
         p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
         sentlog_progress(p->conn);
         list_for_each_entry(ep, &p->endpoints, peer_link) {
@@ -718,6 +742,14 @@ static int send_release(Endpoint *ep, unsigned n) {
  * credits in quarter windows or when asked: ask, once per stall, or a small
  * residue could block us forever. */
 static void endpoint_stalled(Endpoint *ep) {
+        Peer *p = ep->peer;
+
+        log_debug("ipcmux: %s%s: stalled (%s%s): window %" PRIu64 " msgs, %" PRIu64 " bytes; in the bus %" PRIu64
+                  " bytes of %" PRIu64 ", %" PRIu64 " calls",
+                  ep->dest, ep->path, ep->stalled_on_cap ? "cap" : "window",
+                  ep->credit_requested ? ", asked" : "", ep->sent_msgs - ep->credit_msgs,
+                  ep->sent_bytes - ep->credit_bytes, p ? p->tx_bytes - p->tx_acked : 0, p ? p->tx_cap : 0,
+                  p ? p->tx_calls - p->tx_calls_acked : 0);
         list_unlink(&ep->ready_link);
         if (!ep->credit_requested) {
                 sd_bus_message *m = NULL;
@@ -771,7 +803,7 @@ int endpoint_flush_one(Endpoint *ep) {
 
                 if (n == BATCH_MAX_FRAMES)
                         break;
-                if (n > 0 && (fds + k > WIRE_MAX_FDS_PER_CALL || bytes + f->payload_size > WIRE_MAX_INLINE_BYTES))
+                if (n > 0 && (fds + k > WIRE_MAX_FDS_PER_CALL || bytes + f->payload_size > BATCH_MAX_BYTES))
                         break;
                 if (!window_allows_after(ep, n, cost, f->cost))
                         break;
@@ -1287,6 +1319,14 @@ _public_ ipcmux_sender *ipcmux_sender_ref(ipcmux_sender *s) {
         return s;
 }
 
+/* Changes whenever the receiving process credits or acknowledges anything
+ * of ours, or a frame of @ep leaves. */
+static uint64_t endpoint_progress(Endpoint *ep) {
+        Peer *p = ep->peer;
+
+        return ep->credit_msgs + ep->sent_msgs + (p ? p->tx_acked + p->tx_calls_acked : 0);
+}
+
 static bool endpoint_drained(void *userdata) {
         Endpoint *ep = userdata;
         Conn *c = ep->conn;
@@ -1331,6 +1371,55 @@ static void endpoint_abandon_queue(Endpoint *ep) {
         endpoint_unmark_ready(ep);
 }
 
+/*
+ * Wait until everything @ep sent is in the broker and no refusal of it can
+ * still come (a round trip to the broker after the last call, again while
+ * refused calls went again meanwhile).  Gives up on what is still queued
+ * after RELEASE_FLUSH_TIMEOUT_USEC without progress, loudly.
+ */
+static void endpoint_settle(Endpoint *ep) {
+        Conn *c = ep->conn;
+        uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
+        uint64_t progress = endpoint_progress(ep);
+
+        for (;;) {
+                int r = conn_wait(c, endpoint_drained, ep, deadline);
+
+                if (r == -ETIMEDOUT && endpoint_progress(ep) != progress) {
+                        /* Slow, not stuck: wait on. */
+                        progress = endpoint_progress(ep);
+                        deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
+                        continue;
+                }
+                if (r == -ETIMEDOUT && ep->n_senders == 1 &&
+                    (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))) {
+                        /* Refused calls not sent again are lost too: the
+                         * receiver counts the hole the abandon skips. */
+                        endpoint_drop_resend(ep);
+                        endpoint_abandon_queue(ep);
+                        return;
+                }
+                /* In the socket is not enough: a broker may drop what it has
+                 * not read when we exit, or refuse it (then it goes again,
+                 * and we wait again).  One round trip to it (skipped when
+                 * nothing was sent since the last); what went again while it
+                 * ran needs another. */
+                if (r < 0 || ep->last_emit <= c->synced || conn_sync_bus(c, deadline) < 0 || ep->closed)
+                        return;
+        }
+}
+
+static void endpoint_release_one(Endpoint *ep) {
+        if (list_is_empty(&ep->queue)) {
+                if (send_release(ep, 1) < 0)
+                        log_debug("ipcmux: release to %s%s failed", ep->dest, ep->path);
+        } else {
+                ep->pending_releases++;
+                endpoint_mark_ready(ep);
+        }
+        (void) conn_flush(ep->conn);
+}
+
 static void sender_destroy_locked(ipcmux_sender *s) {
         Endpoint *ep = s->ep;
         Conn *c = ep->conn;
@@ -1341,38 +1430,27 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                         receiver_changed(ep->rx);
                 }
         } else if (!ep->closed && c->error >= 0) {
-                if (list_is_empty(&ep->queue)) {
-                        if (send_release(ep, 1) < 0)
-                                log_debug("ipcmux: release to %s%s failed", ep->dest, ep->path);
-                } else {
-                        ep->pending_releases++;
-                        endpoint_mark_ready(ep);
-                }
-                (void) conn_flush(c);
                 /* What was sent, then the release, must reach the bus before
                  * the application may exit; skipped inside callbacks. */
-                if (!c->processing && c->depth == 1) {
-                        uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
+                bool wait = !c->processing && c->depth == 1;
 
-
-                        for (;;) {
-                                int r = conn_wait(c, endpoint_drained, ep, deadline);
-
-                                if (r == -ETIMEDOUT && ep->n_senders == 1 && !list_is_empty(&ep->queue)) {
-                                        endpoint_abandon_queue(ep);
-                                        break;
-                                }
-                                /* In the socket is not enough: a broker may
-                                 * drop what it has not read when we exit, or
-                                 * refuse it (then it goes again, and we wait
-                                 * again).  One round trip to it (skipped when
-                                 * nothing was sent since the last). */
-                                if (r < 0 || ep->last_emit <= c->synced || conn_sync_bus(c, deadline) < 0 ||
-                                    list_is_empty(&ep->resend) || ep->closed)
-                                        break;
-                        }
+                if (wait && ep->n_senders == 1) {
+                        /* Our last hold: the release goes only once every
+                         * frame before it is known to be in the broker.  A
+                         * release carries no sequence number: one that
+                         * overtook a refused call (sent again later) would
+                         * let the receiver report the end before those
+                         * frames arrive, and then refuse them. */
+                        (void) conn_flush(c);
+                        endpoint_settle(ep);
+                        if (ep->closed || c->error < 0)
+                                goto done;
                 }
+                endpoint_release_one(ep);
+                if (wait)
+                        endpoint_settle(ep);
         }
+done:
         ep->n_senders--;
         endpoint_unref(ep);
         free(s);

@@ -143,7 +143,12 @@ static int send_kept_full(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cos
         int r;
 
         r = sd_bus_send(c->bus, m, NULL);
-        if (r < 0 || !s->filter)
+        if (r < 0)
+                return r;
+        Peer *peer = ep ? ep->peer : NULL;
+        if (peer)
+                peer->tx_calls++;
+        if (!s->refusals)
                 return r;
         if (sd_bus_message_get_cookie(m, &cookie) < 0)
                 return 0;
@@ -169,6 +174,7 @@ static int send_kept_full(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cos
                 .packed_in_arena = in_arena,
                 .cookie = cookie,
                 .ep = ep,
+                .peer = peer,
                 .cost = cost,
                 .seq = seq,
                 .probe = probe,
@@ -239,6 +245,14 @@ void sentlog_tick(Conn *c) {
         s->n_later = 0;
         while (hashmap_iterate(&c->endpoints, &i, &v))
                 endpoint_retry(v);
+}
+
+void sentlog_forget_peer(Conn *c, Peer *p) {
+        SentLog *s = &c->sent;
+
+        for (size_t i = 0; i < s->len; i++)
+                if (at(s, i)->peer == p)
+                        at(s, i)->peer = NULL;
 }
 
 void sentlog_forget_endpoint(Conn *c, Endpoint *ep) {
@@ -314,6 +328,10 @@ static void refused(Conn *c, size_t i) {
 
         s->refused++;
         arm_retry(c);
+        if (e->peer && e->peer->tx_calls > e->peer->tx_calls_acked) {
+                e->peer->tx_calls--;    /* it left the bus unread */
+                e->peer = NULL;
+        }
         log_debug("ipcmux: %s: the broker refused call #%" PRIu64 " (%s, seq %" PRIu64 ", %" PRIu64
                   " bytes%s) to %s%s (queue full)",
                   c->unique_name, e->cookie, e->probe ? "probe" : e->m || e->packed ? "kept" : "not kept", e->seq, e->cost,
@@ -360,13 +378,40 @@ static void refused(Conn *c, size_t i) {
         }
 }
 
+/*
+ * Every subchannel call a peer sends us counts towards its Ack, whatever
+ * becomes of it (delivered, set aside, refused as invalid, addressed to a
+ * receiver that is gone): the sender counts its calls in the bus the same
+ * way, and one that was never acknowledged would hold its cap for ever.
+ */
+static void count_call(Conn *c, sd_bus_message *m) {
+        const char *sender = sd_bus_message_get_sender(m);
+        const char *iface = sd_bus_message_get_interface(m);
+        Peer *p;
+
+        if (!sender || !iface || strcmp(iface, IPCMUX_INTERFACE_SUBCHANNEL) != 0)
+                return;
+        p = peer_find(c, sender);
+        if (!p && peer_watch(c, sender, &p) < 0)
+                return;
+        if (p)
+                peer_received_call(p);
+}
+
 static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Conn *c = userdata;
         const char *sender;
         uint64_t cookie;
+        uint8_t type;
         size_t i;
 
-        if (!sd_bus_message_is_method_error(m, SD_BUS_ERROR_LIMITS_EXCEEDED))
+        if (sd_bus_message_get_type(m, &type) < 0)
+                return 0;
+        if (type == SD_BUS_MESSAGE_METHOD_CALL) {
+                count_call(c, m);
+                return 0;
+        }
+        if (!c->sent.refusals || !sd_bus_message_is_method_error(m, SD_BUS_ERROR_LIMITS_EXCEEDED))
                 return 0;
         sender = sd_bus_message_get_sender(m);
         if (!sender || strcmp(sender, "org.freedesktop.DBus") != 0)
@@ -385,8 +430,8 @@ static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
 int sentlog_init(Conn *c) {
         c->sent.retry_at = UINT64_MAX;
         c->sent.retry_delay = RETRY_DELAY_MIN_USEC;
-        if (sd_bus_is_bus_client(c->bus) <= 0)
-                return 0;       /* direct connection: nobody in between refuses */
+        /* On a direct connection nobody in between refuses. */
+        c->sent.refusals = sd_bus_is_bus_client(c->bus) > 0;
         return sd_bus_add_filter(c->bus, &c->sent.filter, on_filter, c);
 }
 

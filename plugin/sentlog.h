@@ -29,6 +29,7 @@
 
 typedef struct Conn Conn;
 typedef struct Endpoint Endpoint;
+typedef struct Peer Peer;
 
 typedef struct SentCall {
         sd_bus_message *m;
@@ -40,6 +41,7 @@ typedef struct SentCall {
         bool packed_in_arena;
         uint64_t cookie;
         Endpoint *ep;           /* NULL: not part of a subchannel stream */
+        Peer *peer;             /* counted in its tx_calls (per-peer cap) */
         uint64_t cost;          /* frame cost it carries (per-peer cap) */
         uint64_t seq;           /* stream calls: sequence number of the first
                                  * frame it carries or precedes */
@@ -55,6 +57,7 @@ typedef struct SentLog {
         sd_bus_slot *barrier;   /* the outstanding Ping, if any */
         uint64_t barrier_mark;  /* calls before this index are covered by it */
         sd_bus_slot *filter;
+        bool refusals;          /* on a bus: calls are kept, refusals watched */
         uint64_t refused;       /* refusals seen (statistics, tests) */
 
         /* Bytes of kept SendPacked calls, a FIFO ring like the calls (not
@@ -73,7 +76,8 @@ typedef struct SentLog {
         size_t n_later, allocated_later;
 } SentLog;
 
-/* Start watching for refusals (a no-op on a direct connection). */
+/* Start counting the subchannel calls peers send us (the per-peer cap) and
+ * watching for refusals (on a bus). */
 int sentlog_init(Conn *c);
 void sentlog_done(Conn *c);
 
@@ -112,6 +116,8 @@ void sentlog_progress(Conn *c);
 
 /* @ep is going away: nothing of it can be sent again. */
 void sentlog_forget_endpoint(Conn *c, Endpoint *ep);
+/* @p is going away: its call count is no longer kept. */
+void sentlog_forget_peer(Conn *c, Peer *p);
 
 /* A new call with the same header fields and body as @m (fds dup'ed). */
 int sentlog_copy(Conn *c, sd_bus_message *m, sd_bus_message **ret);

@@ -433,7 +433,7 @@ TEST_F(BadInput, StrangerCallsEverythingWithRandomArguments) {
                                         r = sd_bus_message_append(m, "ott", rnd_path(target).c_str(),
                                                                   (uint64_t) rnd(), (uint64_t) rnd());
                                 else if (strcmp(member, "Ack") == 0)
-                                        r = sd_bus_message_append(m, "t", (uint64_t) rnd());
+                                        r = sd_bus_message_append(m, "tt", (uint64_t) rnd(), (uint64_t) rnd());
                                 else if (strcmp(member, "Connect") == 0)
                                         r = sd_bus_message_append(m, "s", "no-such-listener");
                                 ASSERT_OK(r);

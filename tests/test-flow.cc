@@ -165,12 +165,11 @@ protected:
         }
 
         /* Two processes (far and a second one) each send @N messages of
-         * 1 KiB to near; with @read_every > 0 near reads a fifth of that
+         * @SIZE bytes to near; with @read_every > 0 near reads a fifth of that
          * many from each per @read_every sent, with 0 only once all were
          * sent.  Checks order, no loss, no cut-off; returns both senders'
          * Resent (refusals seen). */
-        uint64_t two_senders(unsigned N, unsigned read_every) {
-                const size_t SIZE = 1024;
+        uint64_t two_senders(unsigned N, unsigned read_every, size_t SIZE = 1024) {
                 sd_bus *bus2 = NULL;
                 ipcmux_channel *far2 = NULL;
                 ipcmux_sender *pump2_tx = NULL;
@@ -395,21 +394,24 @@ static void expect_refusals_repaired(uint64_t resent) {
 }
 
 /*
- * A burst from two senders, read afterwards.  DISABLED with the next one
- * (known open bug, see PROTOCOL.md "Refused calls"): it fails in about one
- * run in five.  Each refused call costs its sender a ~450-byte error from the
- * daemon; thousands of them overflow the SENDER's own queue at the daemon,
- * which then drops further errors silently, so some refused calls are never
- * sent again and the stream stalls until the last unref gives up (loud loss).
+ * A burst from two senders of 4 KiB messages, read afterwards: the two
+ * together overflow near's 1 MB queue at the lowered daemon, whatever the
+ * timing (each may have up to 1,024 calls in the bus).  Every refusal is
+ * seen (the per-peer call bound keeps the daemon's refusal errors from
+ * overflowing the senders' own queues, which dropped some of them before)
+ * and repaired.
  */
-TEST_F(Flow, DISABLED_RefusedBurstIsSentAgain) {
-        expect_refusals_repaired(two_senders(3000, 0));
+TEST_F(Flow, RefusedBurstIsSentAgain) {
+        expect_refusals_repaired(two_senders(3000, 0, 4096));
 }
 
 /*
- * Two senders flooding while near reads.  DISABLED for the same reason
- * (fails in about one run in two).  Run both with
- * --gtest_also_run_disabled_tests to reproduce.
+ * Two senders flooding while near reads.  DISABLED: it passes in about 99
+ * runs in 100; in the others one sender's stream stops for over 10 s with
+ * its last calls neither delivered nor refused and the daemon not reading
+ * the rest of its socket (seen with the stall log: ~770 KB unread there),
+ * until its last unref gives up, loudly (Lost).  Not understood yet, see
+ * PROTOCOL.md "Refused calls".  Run with --gtest_also_run_disabled_tests.
  */
 TEST_F(Flow, DISABLED_RefusedCallsAreSentAgain) {
         expect_refusals_repaired(two_senders(20000, 2500));

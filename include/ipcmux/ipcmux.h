@@ -114,10 +114,11 @@ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t size);
  * unbounded, the default); a send that would exceed it fails with -ENOBUFS
  * and nothing is queued.  Both apply to every clone of @s in this process.
  *
- * The last unref of a sender waits up to 10 s for its queue to leave.  If
- * the receiver grants no credit in that time the queued messages are
- * dropped and reported: ipcmux_sender_get_lost() here, the receiver's Lost
- * property and ipcmux_receiver_get_lost() there.  Never silently.
+ * The last unref of a sender waits for its queue to leave, as long as the
+ * receiving process makes progress (credits or acknowledges anything of
+ * ours).  After 10 s without any, the queued messages are dropped and
+ * reported: ipcmux_sender_get_lost() here, the receiver's Lost property and
+ * ipcmux_receiver_get_lost() there.  Never silently.
  */
 int ipcmux_sender_get_queued(ipcmux_sender *s, uint64_t *ret_msgs, uint64_t *ret_bytes);
 int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, uint64_t max_bytes);
