@@ -5,6 +5,7 @@
  */
 
 #include <inttypes.h>
+#include <sys/mman.h>
 
 #include "conn.h"
 #include "endpoint.h"
@@ -25,12 +26,29 @@
 #define PACKED_COPY_MAX 4096u
 #define ARENA_SIZE (256u << 10)
 
+/*
+ * The ring and the arena live outside the malloc heap: grown by doubling
+ * there, they left holes that sd-bus's per-message allocations then came
+ * from, through malloc's slow paths (callgrind: +300 instructions per
+ * message at the sender when SentCall grew by 8 bytes).
+ */
+static void *pages_alloc(size_t size) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+        return p == MAP_FAILED ? NULL : p;
+}
+
+static void pages_free(void *p, size_t size) {
+        if (p)
+                (void) munmap(p, size);
+}
+
 /* Room for @n bytes at the arena's tail (FIFO: released from the head). */
 static uint8_t *arena_alloc(SentLog *s, size_t n) {
         size_t at;
 
         if (!s->arena) {
-                s->arena = malloc(ARENA_SIZE);
+                s->arena = pages_alloc(ARENA_SIZE);
                 if (!s->arena)
                         return NULL;
         }
@@ -67,14 +85,14 @@ static SentCall *at(SentLog *s, size_t i) {
 }
 
 static int grow(SentLog *s) {
-        size_t n = s->allocated ? s->allocated * 2 : 64;
-        SentCall *calls = malloc(n * sizeof(SentCall));
+        size_t n = s->allocated ? s->allocated * 2 : 2 * BARRIER_CALLS;
+        SentCall *calls = pages_alloc(n * sizeof(SentCall));
 
         if (!calls)
                 return -ENOMEM;
         for (size_t i = 0; i < s->len; i++)
                 calls[i] = *at(s, i);
-        free(s->calls);
+        pages_free(s->calls, s->allocated * sizeof(SentCall));
         s->calls = calls;
         s->allocated = n;
         s->head = 0;
@@ -445,10 +463,10 @@ void sentlog_done(Conn *c) {
         free(s->later);
         s->later = NULL;
         s->n_later = 0;
-        free(s->calls);
+        pages_free(s->calls, s->allocated * sizeof(SentCall));
         s->calls = NULL;
         s->allocated = 0;
-        free(s->arena);
+        pages_free(s->arena, ARENA_SIZE);
         s->arena = NULL;
         s->barrier = sd_bus_slot_unref(s->barrier);
         s->filter = sd_bus_slot_unref(s->filter);
