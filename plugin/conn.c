@@ -577,6 +577,30 @@ int conn_call(Conn *c, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message 
         return 0;
 }
 
+int conn_request_name(Conn *c, const char *name, uint32_t *ret_result) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        uint32_t result;
+        int r;
+
+        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                           "org.freedesktop.DBus", "RequestName");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "su", name, (uint32_t) 4 /* DBUS_NAME_FLAG_DO_NOT_QUEUE */);
+        if (r < 0)
+                return r;
+        r = conn_call(c, m, 0, &reply);
+        if (r < 0)
+                return r;
+        if (sd_bus_message_is_method_error(reply, NULL))
+                return -sd_bus_message_get_errno(reply) ?: -EIO;
+        r = sd_bus_message_read_basic(reply, 'u', &result);
+        if (r < 0)
+                return r;
+        *ret_result = result;
+        return 0;
+}
+
 int conn_sync_bus(Conn *c, uint64_t deadline) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         uint64_t target = c->emitted, now = now_usec();

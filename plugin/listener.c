@@ -34,24 +34,11 @@ ipcmux_listener *listener_find(Conn *c, const char *name) {
         return hashmap_get(&c->listeners, name);
 }
 
+/* 0 when @name is ours (now or already), -EEXIST when another owns it. */
 static int request_bus_name(Conn *c, const char *name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         uint32_t result;
-        int r;
+        int r = conn_request_name(c, name, &result);
 
-        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                           "org.freedesktop.DBus", "RequestName");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append(m, "su", name, (uint32_t) 4 /* DO_NOT_QUEUE */);
-        if (r < 0)
-                return r;
-        r = conn_call(c, m, 0, &reply);
-        if (r < 0)
-                return r;
-        if (sd_bus_message_is_method_error(reply, NULL))
-                return -sd_bus_message_get_errno(reply) ?: -EIO;
-        r = sd_bus_message_read_basic(reply, 'u', &result);
         if (r < 0)
                 return r;
         return result == 1 || result == 4 ? 0 : -EEXIST;

@@ -218,27 +218,14 @@ static int parse_name(const char *name, char **ret_owner, char **ret_path, char 
         return 0;
 }
 
+/* 0 when we became the owner of @name, -EADDRINUSE when anybody (we too)
+ * owned it already: somebody connected already. */
 static int bus_request_name(Conn *c, const char *name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         uint32_t result;
-        int r;
+        int r = conn_request_name(c, name, &result);
 
-        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                           "org.freedesktop.DBus", "RequestName");
         if (r < 0)
                 return r;
-        r = sd_bus_message_append(m, "su", name, (uint32_t) 4 /* DBUS_NAME_FLAG_DO_NOT_QUEUE */);
-        if (r < 0)
-                return r;
-        r = conn_call(c, m, 0, &reply);
-        if (r < 0)
-                return r;
-        if (sd_bus_message_is_method_error(reply, NULL))
-                return -sd_bus_message_get_errno(reply) ?: -EIO;
-        r = sd_bus_message_read_basic(reply, 'u', &result);
-        if (r < 0)
-                return r;
-        /* 1: primary owner; 3 (exists) or 4 (already ours): somebody connected already. */
         return result == 1 ? 0 : -EADDRINUSE;
 }
 

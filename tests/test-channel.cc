@@ -1571,6 +1571,34 @@ TEST_F(TwoConnTest, EmbeddedSenderOverTheBus) {
         EXPECT_EQ(recv_error(sub.rx.get()), -EPIPE);
 }
 
+/*
+ * A process that dropped every copy of a sender and later gets a new one
+ * starts a new stream (first_seq 0, PROTOCOL.md "Data"): the receiver must
+ * take it, not set it aside as out of order (which would lose "3" and "4"
+ * silently).
+ */
+TEST_F(TwoConnTest, StreamStartsAgainWithANewCopy) {
+        Sender carrier_tx, got;
+        Receiver carrier_rx;
+        Sub sub;
+        std::string payload;
+
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), ch.get(), &carrier_tx, &carrier_rx));
+        ASSERT_NO_FATAL_FAILURE(new_sub(ch.get(), &sub));
+        for (int round = 0; round < 2; round++) {
+                ASSERT_NO_FATAL_FAILURE(send_with(carrier_tx.get(), "copy", {sub.tx.get()}));
+                ASSERT_NO_FATAL_FAILURE(recv_sender(carrier_rx.get(), &got, &payload));
+                ASSERT_NO_FATAL_FAILURE(send_str(got.get(), std::to_string(2 * round + 1)));
+                ASSERT_NO_FATAL_FAILURE(send_str(got.get(), std::to_string(2 * round + 2)));
+                got.reset();    /* the far connection holds no copy any more */
+        }
+        for (int i = 1; i <= 4; i++)
+                EXPECT_EQ(recv_str(sub.rx.get()), std::to_string(i));
+        EXPECT_EQ(ipcmux_receiver_get_lost(sub.rx.get()), 0u);
+        sub.tx.reset();
+        EXPECT_EQ(recv_error(sub.rx.get()), -EPIPE);
+}
+
 /* sender_transmission_dropped_in_flight across connections: the only copy is
  * in a message at the far receiver, which is dropped without reading it. */
 TEST_F(TwoConnTest, SenderDroppedInFlightOverTheBus) {
