@@ -34,6 +34,7 @@ struct Endpoint {
         char *path;
         Peer *peer;
         List peer_link;
+        List cap_link;                  /* in peer->cap_waiters while the cap holds it */
 
         uint64_t next_seq;
         List queue;                     /* OutFrame */

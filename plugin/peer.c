@@ -17,6 +17,8 @@ static void peer_free(Peer *p) {
 
         list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
                 list_unlink(&ep->peer_link);
+                if (list_is_linked(&ep->cap_link))
+                        list_unlink(&ep->cap_link);
                 ep->peer = NULL;
         }
         hashmap_remove(&p->conn->peers, p->name);
@@ -95,6 +97,8 @@ static void peer_gone(Peer *p) {
         list_for_each_entry_safe(ep, tmp, &p->endpoints, peer_link) {
                 endpoint_ref(ep);
                 list_unlink(&ep->peer_link);
+                if (list_is_linked(&ep->cap_link))
+                        list_unlink(&ep->cap_link);
                 ep->peer = NULL;
                 endpoint_close(ep);
                 endpoint_unref(ep);
@@ -187,6 +191,7 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
         p->conn = c;
         p->tx_cap = PEER_CAP_BYTES;
         list_init(&p->endpoints);
+        list_init(&p->cap_waiters);
         list_init(&p->graveyard_link);
         p->name = strdup(name);
         if (!p->name) {

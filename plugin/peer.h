@@ -32,6 +32,11 @@ struct Peer {
          * yet acknowledged nor refused): at most PEER_CAP_CALLS. */
         uint64_t tx_calls, tx_calls_acked;
         uint64_t tx_cap;        /* PEER_CAP_BYTES, lowered while the broker refuses */
+        /* Endpoints the cap holds back, in the order they stalled: an Ack
+         * wakes as many as it made room for, not all (10,000 subchannels
+         * each waiting with one frame made every Ack cost 10,000 wake-ups). */
+        List cap_waiters;       /* Endpoint.cap_link */
+        bool ack_requested;     /* one of them asked (WantCredit) since the last Ack */
         uint64_t cap_round;     /* SentLog.rounds when tx_cap was last halved */
         /* Receiving side: bytes and subchannel calls received from this
          * peer, and what of them was acknowledged. */

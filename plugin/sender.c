@@ -123,6 +123,8 @@ static void endpoint_free(Endpoint *ep) {
                 list_unlink(&ep->ready_link);
         if (list_is_linked(&ep->peer_link))
                 list_unlink(&ep->peer_link);
+        if (list_is_linked(&ep->cap_link))
+                list_unlink(&ep->cap_link);
         if (ep->key)
                 hashmap_remove(&ep->conn->endpoints, ep->key);
         if (ep->local && ep->rx && ep->rx->local_ep == ep)
@@ -157,6 +159,7 @@ static Endpoint *endpoint_alloc(Conn *c) {
         list_init(&ep->resend);
         list_init(&ep->ready_link);
         list_init(&ep->peer_link);
+        list_init(&ep->cap_link);
         return ep;
 }
 
@@ -423,6 +426,8 @@ void endpoint_unrepairable(Endpoint *ep) {
 
 void endpoint_probe_refused(Endpoint *ep) {
         ep->credit_requested = false;
+        if (ep->peer)
+                ep->peer->ack_requested = false;        /* it may have been the peer's ask */
         ep->retry_wait = true;
         endpoint_pin(ep);
 }
@@ -489,15 +494,20 @@ void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
         p->tx_acked = MAX(p->tx_acked, bytes);
         p->tx_calls_acked = MAX(p->tx_calls_acked, calls);
         p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
+        p->ack_requested = false;
         sentlog_progress(p->conn);
-        list_for_each_entry(ep, &p->endpoints, peer_link) {
-                /* Only endpoints the cap held back: one waiting for its
-                 * window (an unread subchannel) stays where it is, or every
-                 * Ack would make it ask again, and every ask bring an Ack. */
-                if (!ep->stalled_on_cap && list_is_empty(&ep->resend))
-                        continue;
+        /* Only endpoints the cap held back, oldest first, as many as there
+         * is room for calls (those the bytes still hold stall again, at
+         * the back): one waiting for its window (an unread subchannel)
+         * stays where it is, or every Ack would make it ask again, and
+         * every ask bring an Ack. */
+        uint64_t in_bus = p->tx_calls - p->tx_calls_acked;
+        uint64_t room = in_bus < PEER_CAP_CALLS ? PEER_CAP_CALLS - in_bus : 1;
+        while (room-- > 0 && !list_is_empty(&p->cap_waiters)) {
+                ep = list_first_entry(&p->cap_waiters, Endpoint, cap_link);
+                list_unlink(&ep->cap_link);
                 ep->credit_requested = false;
-                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))
+                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0)
                         endpoint_mark_ready(ep);
         }
         (void) conn_flush(p->conn);
@@ -751,6 +761,15 @@ static void endpoint_stalled(Endpoint *ep) {
                   ep->sent_bytes - ep->credit_bytes, p ? p->tx_bytes - p->tx_acked : 0, p ? p->tx_cap : 0,
                   p ? p->tx_calls - p->tx_calls_acked : 0);
         list_unlink(&ep->ready_link);
+        if (p && ep->stalled_on_cap) {
+                if (!list_is_linked(&ep->cap_link))
+                        list_append(&p->cap_waiters, &ep->cap_link);
+                /* The Ack that frees the cap is the peer's, not ours: one
+                 * endpoint asking is enough. */
+                if (p->ack_requested)
+                        return;
+        } else if (list_is_linked(&ep->cap_link))
+                list_unlink(&ep->cap_link);
         if (!ep->credit_requested) {
                 sd_bus_message *m = NULL;
 
@@ -759,8 +778,11 @@ static void endpoint_stalled(Endpoint *ep) {
                         /* Not part of the stream: refused, it is asked
                          * again later, not queued behind the frames it is
                          * meant to unblock. */
-                        if (sentlog_send_probe(ep->conn, m, ep) >= 0)
+                        if (sentlog_send_probe(ep->conn, m, ep) >= 0) {
                                 ep->credit_requested = true;
+                                if (p && ep->stalled_on_cap)
+                                        p->ack_requested = true;
+                        }
                         sd_bus_message_unref(m);
                 }
         }

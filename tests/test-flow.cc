@@ -17,6 +17,8 @@
 #include <atomic>
 #include <thread>
 
+#include <vector>
+
 #include "bus-fixture.h"
 
 /* The protocol's window (PROTOCOL.md, "Flow control"). */
@@ -415,6 +417,79 @@ TEST_F(Flow, RefusedBurstIsSentAgain) {
  */
 TEST_F(Flow, DISABLED_RefusedCallsAreSentAgain) {
         expect_refusals_repaired(two_senders(20000, 2500));
+}
+
+/*
+ * Many subchannels from one process to another, each with a frame waiting
+ * behind the per-peer cap, read round robin: every Ack frees room for some
+ * of them (oldest first) and one of them asks for it.  Each waiting endpoint
+ * asking and each Ack waking all of them made this quadratic: 500
+ * subchannels took minutes (the benchmark's 10,000 never finished).
+ */
+TEST_F(Flow, ManySubchannelsRoundRobin) {
+        const unsigned SUBS = 3000, ROUNDS = 20, PER_MSG = 1000;
+        ipcmux_server *srv = NULL;
+        char *name = NULL;
+        ipcmux_sender *carrier_tx = NULL;
+        ipcmux_receiver *carrier_rx = NULL;
+        ipcmux_message *m = NULL;
+        std::vector<ipcmux_receiver *> rx(SUBS, nullptr);
+        std::vector<ipcmux_sender *> tx;
+
+        /* A carrier from near to far, then the senders of SUBS subchannels
+         * of near travel through it to far. */
+        ASSERT_OK(ipcmux_server_new_for_channel(far, &srv, &name));
+        ASSERT_OK(ipcmux_sender_connect_for_channel(warm, name, &carrier_tx));
+        free(name);
+        ASSERT_OK(ipcmux_sender_send_bytes(carrier_tx, "first", 5));
+        ASSERT_OK(ipcmux_server_accept_timeout(srv, 10000000, &carrier_rx, &m));
+        ipcmux_message_unref(m);
+        ipcmux_server_unref(srv);
+        for (unsigned i = 0; i < SUBS; i += PER_MSG) {
+                ASSERT_OK(ipcmux_message_new(&m));
+                for (unsigned j = i; j < i + PER_MSG; j++) {
+                        ipcmux_sender *t = NULL;
+                        ASSERT_OK(ipcmux_channel_sub_channel(warm, &t, &rx[j]));
+                        ASSERT_GE(ipcmux_message_attach_sender(m, t), 0);
+                        ipcmux_sender_unref(t);
+                }
+                ASSERT_OK(ipcmux_sender_send(carrier_tx, m));
+                m = ipcmux_message_unref(m);
+        }
+        while (tx.size() < SUBS) {
+                ASSERT_OK(recv_bounded(carrier_rx, &m));
+                for (unsigned k = 0; k < ipcmux_message_get_n_senders(m); k++) {
+                        ipcmux_sender *t = NULL;
+                        ASSERT_OK(ipcmux_message_take_sender(m, k, &t));
+                        tx.push_back(t);
+                }
+                m = ipcmux_message_unref(m);
+        }
+        /* far sends everything at once (sends never block), near reads
+         * round robin, each recv blocking on its own subchannel. */
+        for (unsigned r = 0; r < ROUNDS; r++)
+                for (unsigned i = 0; i < SUBS; i++)
+                        ASSERT_OK(ipcmux_sender_send_bytes(tx[i], &r, sizeof(r)));
+        uint64_t t0 = test_now_usec();
+        for (unsigned r = 0; r < ROUNDS && !HasFailure(); r++)
+                for (unsigned i = 0; i < SUBS && !HasFailure(); i++) {
+                        ASSERT_GE(recv_bounded(rx[i], &m), 0) << "round " << r << ", subchannel " << i;
+                        unsigned got = 0;
+                        size_t size = 0;
+                        const void *data = ipcmux_message_get_data(m, &size);
+                        ASSERT_EQ(size, sizeof(got));
+                        memcpy(&got, data, sizeof(got));
+                        EXPECT_EQ(got, r);
+                        m = ipcmux_message_unref(m);
+                }
+        /* A generous failure bound; it takes well under a second here. */
+        EXPECT_LT(test_now_usec() - t0, 30000000u);
+        for (ipcmux_sender *t : tx)
+                ipcmux_sender_unref(t);
+        for (ipcmux_receiver *r : rx)
+                ipcmux_receiver_unref(r);
+        ipcmux_sender_unref(carrier_tx);
+        ipcmux_receiver_unref(carrier_rx);
 }
 
 TEST_F(Flow, NoCreditMeansReportedLoss) {
