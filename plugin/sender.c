@@ -745,6 +745,10 @@ static int send_release(Endpoint *ep, unsigned n) {
         }
         r = sentlog_send(ep->conn, m, ep, 0);
         sd_bus_message_unref(m);
+        /* Like a frame, it must be confirmed by the broker before the last
+         * unref returns (endpoint_settle()): refused, it goes again. */
+        if (r >= 0)
+                ep->last_emit = ++ep->conn->emitted;
         return r;
 }
 
@@ -1384,8 +1388,9 @@ static void endpoint_abandon_queue(Endpoint *ep) {
         ep->next_seq += n;
         log_warning("ipcmux: %s%s granted no credit: %" PRIu64 " messages lost", ep->dest, ep->path, n);
         if (conn_new_call(c, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "Send", &m) >= 0 &&
-            wire_open_frames(m, ep->next_seq) >= 0 && wire_close_frames(m, NULL, 0) >= 0)
-                (void) sentlog_send(c, m, ep, 0);
+            wire_open_frames(m, ep->next_seq) >= 0 && wire_close_frames(m, NULL, 0) >= 0 &&
+            sentlog_send(c, m, ep, 0) >= 0)
+                ep->last_emit = ++c->emitted;
         if (ep->pending_releases > 0) {
                 (void) send_release(ep, ep->pending_releases);
                 ep->pending_releases = 0;

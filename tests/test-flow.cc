@@ -408,12 +408,12 @@ TEST_F(Flow, RefusedBurstIsSentAgain) {
 }
 
 /*
- * Two senders flooding while near reads.  DISABLED: it passes in about 99
- * runs in 100; in the others one sender's stream stops for over 10 s with
- * its last calls neither delivered nor refused and the daemon not reading
- * the rest of its socket (seen with the stall log: ~770 KB unread there),
- * until its last unref gives up, loudly (Lost).  Not understood yet, see
- * PROTOCOL.md "Refused calls".  Run with --gtest_also_run_disabled_tests.
+ * Two senders flooding while near reads.  DISABLED: it passes in about 95
+ * to 99 runs in 100; in the others one sender's stream stops with nothing
+ * in flight (the daemon's queues are empty), the sender waiting for credit
+ * or an Ack that does not come, until its last unref gives up, loudly
+ * (Lost).  Not understood yet, see PROTOCOL.md "Refused calls".  Run with
+ * --gtest_also_run_disabled_tests.
  */
 TEST_F(Flow, DISABLED_RefusedCallsAreSentAgain) {
         expect_refusals_repaired(two_senders(20000, 2500));
