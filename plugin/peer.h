@@ -31,6 +31,9 @@ struct Peer {
         /* Sending side: subchannel calls to this peer in the bus (sent, not
          * yet acknowledged nor refused): at most PEER_CAP_CALLS. */
         uint64_t tx_calls, tx_calls_acked;
+        /* Ever sent (never uncounted): what went after an ask (see
+         * peer_ask_ack()) bounds what can still be in the bus. */
+        uint64_t tx_calls_total, tx_bytes_total;
         uint64_t tx_cap;        /* PEER_CAP_BYTES, lowered while the broker refuses */
         /* Endpoints the cap holds back, in the order they stalled: an Ack
          * wakes as many as it made room for, not all (10,000 subchannels

@@ -1116,8 +1116,8 @@ const sd_bus_vtable receiver_vtable[] = {
                                  "", , method_send_packed, SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("StageFds", "ah", SD_BUS_PARAM(fds), "", , method_stage_fds,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
-        SD_BUS_METHOD("WantCredit", "", "", method_want_credit,
-                      SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
+        /* Replies when asked to (the per-peer cap's ask, after its Ack). */
+        SD_BUS_METHOD("WantCredit", "", "", method_want_credit, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_NAMES("Release", "u", SD_BUS_PARAM(count), "", , method_release,
                                  SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_METHOD_NO_REPLY),
         SD_BUS_METHOD_WITH_NAMES("Sending", "ts", SD_BUS_PARAM(token) SD_BUS_PARAM(destination), "", ,

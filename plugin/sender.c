@@ -24,6 +24,8 @@
 #include "sentlog.h"
 #include "shmem.h"
 
+/* How long an ask for an Ack (peer_ask_ack()) waits for its reply. */
+#define ACK_ASK_TIMEOUT_USEC (1000u * 1000u)
 /* Most frames one Send call carries when the link was busy (batching). */
 #define BATCH_MAX_FRAMES 256u
 /* Most inline bytes a batch of several frames carries.  Big calls gain
@@ -305,6 +307,8 @@ void endpoint_close(Endpoint *ep) {
         ep->retry_wait = false;
         endpoint_drop_resend(ep);
         endpoint_unmark_ready(ep);
+        if (list_is_linked(&ep->cap_link))
+                list_unlink(&ep->cap_link);
         conn_notify(c);
         endpoint_unref(ep);
 }
@@ -347,8 +351,10 @@ static bool window_allows(Endpoint *ep, uint64_t cost) {
 static void account_sent(Endpoint *ep, unsigned n, uint64_t cost) {
         ep->sent_msgs += n;
         ep->sent_bytes += cost;
-        if (ep->peer)
+        if (ep->peer) {
                 ep->peer->tx_bytes += cost;
+                ep->peer->tx_bytes_total += cost;
+        }
         /* A WantCredit sent after this reaches the receiver after it, so
          * its answer (Ack, Credit) covers it: the next stall may ask again. */
         ep->credit_requested = false;
@@ -426,8 +432,6 @@ void endpoint_unrepairable(Endpoint *ep) {
 
 void endpoint_probe_refused(Endpoint *ep) {
         ep->credit_requested = false;
-        if (ep->peer)
-                ep->peer->ack_requested = false;        /* it may have been the peer's ask */
         ep->retry_wait = true;
         endpoint_pin(ep);
 }
@@ -466,8 +470,10 @@ static int endpoint_resend_one(Endpoint *ep, bool *sent) {
                 endpoint_unrepairable(ep);
                 return 0;
         }
-        if (p)
+        if (p) {
                 p->tx_bytes += rc->cost;
+                p->tx_bytes_total += rc->cost;
+        }
         ep->credit_requested = false;   /* see account_sent() */
         ep->last_emit = ++ep->conn->emitted;
         resend_call_free(rc);
@@ -475,8 +481,25 @@ static int endpoint_resend_one(Endpoint *ep, bool *sent) {
         return 0;
 }
 
-void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
+/* Only endpoints the cap held back, oldest first, as many as there is room
+ * for calls (those the bytes still hold stall again, at the back): one
+ * waiting for its window (an unread subchannel) stays where it is, or every
+ * Ack would make it ask again, and every ask bring an Ack. */
+static void peer_wake_cap_waiters(Peer *p) {
+        uint64_t in_bus = p->tx_calls - p->tx_calls_acked;
+        uint64_t room = in_bus < PEER_CAP_CALLS ? PEER_CAP_CALLS - in_bus : 1;
         Endpoint *ep;
+
+        while (room-- > 0 && !list_is_empty(&p->cap_waiters)) {
+                ep = list_first_entry(&p->cap_waiters, Endpoint, cap_link);
+                list_unlink(&ep->cap_link);
+                ep->credit_requested = false;
+                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0)
+                        endpoint_mark_ready(ep);
+        }
+}
+
+void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
 
         if (bytes <= p->tx_acked && calls <= p->tx_calls_acked)
                 return;
@@ -494,22 +517,8 @@ void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
         p->tx_acked = MAX(p->tx_acked, bytes);
         p->tx_calls_acked = MAX(p->tx_calls_acked, calls);
         p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
-        p->ack_requested = false;
         sentlog_progress(p->conn);
-        /* Only endpoints the cap held back, oldest first, as many as there
-         * is room for calls (those the bytes still hold stall again, at
-         * the back): one waiting for its window (an unread subchannel)
-         * stays where it is, or every Ack would make it ask again, and
-         * every ask bring an Ack. */
-        uint64_t in_bus = p->tx_calls - p->tx_calls_acked;
-        uint64_t room = in_bus < PEER_CAP_CALLS ? PEER_CAP_CALLS - in_bus : 1;
-        while (room-- > 0 && !list_is_empty(&p->cap_waiters)) {
-                ep = list_first_entry(&p->cap_waiters, Endpoint, cap_link);
-                list_unlink(&ep->cap_link);
-                ep->credit_requested = false;
-                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0)
-                        endpoint_mark_ready(ep);
-        }
+        peer_wake_cap_waiters(p);
         (void) conn_flush(p->conn);
         conn_notify(p->conn);
 }
@@ -752,6 +761,101 @@ static int send_release(Endpoint *ep, unsigned n) {
         return r;
 }
 
+/*
+ * The per-peer cap holds us back: ask the peer (WantCredit, with a reply)
+ * for an Ack.  The receiver acknowledges before it replies, and the broker
+ * sent us its refusals of anything before the ask before it forwarded the
+ * ask: when the reply comes, every call sent before the ask has been read
+ * (and acknowledged) or refused.  What may still be in the bus is only what
+ * went since, so the counts are corrected to that at most: a refusal we
+ * never saw, or a call the peer never counted, cannot hold the cap for ever.
+ * No reply in a second, or a refusal: ask again after the retry delay.
+ */
+typedef struct AckAsk {
+        Conn *conn;
+        char *peer;
+        uint64_t calls_total, bytes_total;
+} AckAsk;
+
+static void ack_ask_free(void *userdata) {
+        AckAsk *a = userdata;
+
+        free(a->peer);
+        free(a);
+}
+
+static void peer_wake_cap_waiters(Peer *p);
+
+static int on_ack_ask_reply(sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        AckAsk *a = userdata;
+        Peer *p = peer_find(a->conn, a->peer);
+
+        if (!p || p->gone)
+                return 0;
+        p->ack_requested = false;
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                /* Refused (the queue that holds our calls is full) or lost:
+                 * the oldest waiter asks again when the retry timer fires. */
+                if (!list_is_empty(&p->cap_waiters)) {
+                        Endpoint *ep = list_first_entry(&p->cap_waiters, Endpoint, cap_link);
+
+                        ep->retry_wait = true;
+                        endpoint_pin(ep);
+                        sentlog_arm_retry(a->conn);
+                }
+                return 0;
+        }
+        uint64_t calls_since = p->tx_calls_total - a->calls_total, bytes_since = p->tx_bytes_total - a->bytes_total;
+        if (p->tx_calls - p->tx_calls_acked > calls_since) {
+                log_debug("ipcmux: %s: %" PRIu64 " calls counted in the bus, at most %" PRIu64 " can be",
+                          p->name, p->tx_calls - p->tx_calls_acked, calls_since);
+                p->tx_calls = p->tx_calls_acked + calls_since;
+        }
+        if (p->tx_bytes - p->tx_acked > bytes_since) {
+                log_debug("ipcmux: %s: %" PRIu64 " bytes counted in the bus, at most %" PRIu64 " can be",
+                          p->name, p->tx_bytes - p->tx_acked, bytes_since);
+                p->tx_bytes = p->tx_acked + bytes_since;
+        }
+        peer_wake_cap_waiters(p);
+        (void) conn_flush(a->conn);
+        conn_notify(a->conn);
+        return 0;
+}
+
+static int peer_ask_ack(Peer *p, Endpoint *ep) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_slot *slot = NULL;
+        AckAsk *a;
+        int r;
+
+        r = conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "WantCredit", &m);
+        if (r < 0)
+                return r;
+        a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        *a = (AckAsk) {
+                .conn = ep->conn,
+                .peer = strdup(p->name),
+                .calls_total = p->tx_calls_total,
+                .bytes_total = p->tx_bytes_total,
+        };
+        if (!a->peer) {
+                ack_ask_free(a);
+                return -ENOMEM;
+        }
+        r = sd_bus_message_set_expect_reply(m, true);
+        if (r >= 0)
+                r = sd_bus_call_async(ep->conn->bus, &slot, m, on_ack_ask_reply, a, ACK_ASK_TIMEOUT_USEC);
+        if (r < 0) {
+                ack_ask_free(a);
+                return r;
+        }
+        sd_bus_slot_set_destroy_callback(slot, ack_ask_free);
+        sd_bus_slot_set_floating(slot, 1);
+        return 0;
+}
+
 /* Out of credit: off the ready list until Credit or Ack.  The receiver only
  * credits in quarter windows or when asked: ask, once per stall, or a small
  * residue could block us forever. */
@@ -770,8 +874,9 @@ static void endpoint_stalled(Endpoint *ep) {
                         list_append(&p->cap_waiters, &ep->cap_link);
                 /* The Ack that frees the cap is the peer's, not ours: one
                  * endpoint asking is enough. */
-                if (p->ack_requested)
-                        return;
+                if (!p->ack_requested && peer_ask_ack(p, ep) >= 0)
+                        p->ack_requested = true;
+                return;
         } else if (list_is_linked(&ep->cap_link))
                 list_unlink(&ep->cap_link);
         if (!ep->credit_requested) {

@@ -124,6 +124,7 @@ void sentlog_release(Conn *c, uint64_t mark) {
 }
 
 static void maybe_barrier(Conn *c);
+static void arm_retry(Conn *c);
 
 static int on_barrier(sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Conn *c = userdata;
@@ -164,8 +165,10 @@ static int send_kept_full(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cos
         if (r < 0)
                 return r;
         Peer *peer = ep ? ep->peer : NULL;
-        if (peer)
+        if (peer) {
                 peer->tx_calls++;
+                peer->tx_calls_total++;
+        }
         if (!s->refusals)
                 return r;
         if (sd_bus_message_get_cookie(m, &cookie) < 0)
@@ -226,6 +229,10 @@ int sentlog_send_unkept(Conn *c, sd_bus_message *m, Endpoint *ep, uint64_t cost)
 
 int sentlog_send_probe(Conn *c, sd_bus_message *m, Endpoint *ep) {
         return send_kept(c, m, ep, 0, ep->next_seq, true, true);
+}
+
+void sentlog_arm_retry(Conn *c) {
+        arm_retry(c);
 }
 
 static void arm_retry(Conn *c) {

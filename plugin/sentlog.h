@@ -113,6 +113,8 @@ void sentlog_release(Conn *c, uint64_t mark);
 /* A receiver acknowledged or credited something: the refusals were a
  * passing congestion, the next retry may come soon again. */
 void sentlog_progress(Conn *c);
+/* Run the retry timer (endpoints waiting with retry_wait go when it fires). */
+void sentlog_arm_retry(Conn *c);
 
 /* @ep is going away: nothing of it can be sent again. */
 void sentlog_forget_endpoint(Conn *c, Endpoint *ep);
