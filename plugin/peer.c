@@ -23,6 +23,7 @@ static void peer_free(Peer *p) {
         }
         hashmap_remove(&p->conn->peers, p->name);
         sentlog_forget_peer(p->conn, p);
+        sd_bus_slot_unref(p->ask_slot);
         sd_bus_slot_unref(p->match_slot);
         sd_bus_slot_unref(p->check_slot);
         free(p->name);

@@ -40,6 +40,8 @@ struct Peer {
          * each waiting with one frame made every Ack cost 10,000 wake-ups). */
         List cap_waiters;       /* Endpoint.cap_link */
         bool ack_requested;     /* one of them asked (WantCredit) since the last Ack */
+        sd_bus_slot *ask_slot;  /* that ask, waiting for its reply */
+        uint64_t ask_calls_total, ask_bytes_total;      /* tx_*_total when it left */
         uint64_t cap_round;     /* SentLog.rounds when tx_cap was last halved */
         /* Receiving side: bytes and subchannel calls received from this
          * peer, and what of them was acknowledged. */

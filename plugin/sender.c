@@ -771,28 +771,19 @@ static int send_release(Endpoint *ep, unsigned n) {
  * never saw, or a call the peer never counted, cannot hold the cap for ever.
  * No reply in a second, or a refusal: ask again after the retry delay.
  */
-typedef struct AckAsk {
-        Conn *conn;
-        char *peer;
-        uint64_t calls_total, bytes_total;
-} AckAsk;
-
-static void ack_ask_free(void *userdata) {
-        AckAsk *a = userdata;
-
-        free(a->peer);
-        free(a);
-}
-
 static void peer_wake_cap_waiters(Peer *p);
 
+/* The ask's slot belongs to the peer (peer_free() cancels it), so nothing
+ * of it outlives the connection. */
 static int on_ack_ask_reply(sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        AckAsk *a = userdata;
-        Peer *p = peer_find(a->conn, a->peer);
+        Peer *p = userdata;
+        Conn *c = p->conn;
 
-        if (!p || p->gone)
-                return 0;
+        /* sd-bus holds its own reference while this runs. */
+        p->ask_slot = sd_bus_slot_unref(p->ask_slot);
         p->ack_requested = false;
+        if (p->gone)
+                return 0;
         if (sd_bus_message_is_method_error(reply, NULL)) {
                 /* Refused (the queue that holds our calls is full) or lost:
                  * the oldest waiter asks again when the retry timer fires. */
@@ -801,11 +792,12 @@ static int on_ack_ask_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
 
                         ep->retry_wait = true;
                         endpoint_pin(ep);
-                        sentlog_arm_retry(a->conn);
+                        sentlog_arm_retry(c);
                 }
                 return 0;
         }
-        uint64_t calls_since = p->tx_calls_total - a->calls_total, bytes_since = p->tx_bytes_total - a->bytes_total;
+        uint64_t calls_since = p->tx_calls_total - p->ask_calls_total;
+        uint64_t bytes_since = p->tx_bytes_total - p->ask_bytes_total;
         if (p->tx_calls - p->tx_calls_acked > calls_since) {
                 log_debug("ipcmux: %s: %" PRIu64 " calls counted in the bus, at most %" PRIu64 " can be",
                           p->name, p->tx_calls - p->tx_calls_acked, calls_since);
@@ -817,42 +809,28 @@ static int on_ack_ask_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 p->tx_bytes = p->tx_acked + bytes_since;
         }
         peer_wake_cap_waiters(p);
-        (void) conn_flush(a->conn);
-        conn_notify(a->conn);
+        (void) conn_flush(c);
+        conn_notify(c);
         return 0;
 }
 
 static int peer_ask_ack(Peer *p, Endpoint *ep) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        sd_bus_slot *slot = NULL;
-        AckAsk *a;
         int r;
 
+        if (p->ask_slot)
+                return 0;       /* one is on its way */
         r = conn_new_call(ep->conn, ep->dest, ep->path, IPCMUX_INTERFACE_SUBCHANNEL, "WantCredit", &m);
         if (r < 0)
                 return r;
-        a = calloc(1, sizeof(*a));
-        if (!a)
-                return -ENOMEM;
-        *a = (AckAsk) {
-                .conn = ep->conn,
-                .peer = strdup(p->name),
-                .calls_total = p->tx_calls_total,
-                .bytes_total = p->tx_bytes_total,
-        };
-        if (!a->peer) {
-                ack_ask_free(a);
-                return -ENOMEM;
-        }
         r = sd_bus_message_set_expect_reply(m, true);
-        if (r >= 0)
-                r = sd_bus_call_async(ep->conn->bus, &slot, m, on_ack_ask_reply, a, ACK_ASK_TIMEOUT_USEC);
-        if (r < 0) {
-                ack_ask_free(a);
+        if (r < 0)
                 return r;
-        }
-        sd_bus_slot_set_destroy_callback(slot, ack_ask_free);
-        sd_bus_slot_set_floating(slot, 1);
+        r = sd_bus_call_async(ep->conn->bus, &p->ask_slot, m, on_ack_ask_reply, p, ACK_ASK_TIMEOUT_USEC);
+        if (r < 0)
+                return r;
+        p->ask_calls_total = p->tx_calls_total;
+        p->ask_bytes_total = p->tx_bytes_total;
         return 0;
 }
 
