@@ -27,56 +27,11 @@
 #include <thread>
 #include <utility>
 
-#include "bus-fixture.h"
+#include "test-util.h"
 
 namespace {
 
-/* ---- RAII glue ----------------------------------------------------------- */
-
-struct Unref {
-        void operator()(ipcmux_channel *p) const { ipcmux_channel_unref(p); }
-        void operator()(ipcmux_sender *p) const { ipcmux_sender_unref(p); }
-        void operator()(ipcmux_receiver *p) const { ipcmux_receiver_unref(p); }
-        void operator()(ipcmux_message *p) const { ipcmux_message_unref(p); }
-};
-using Channel = std::unique_ptr<ipcmux_channel, Unref>;
-using Sender = std::unique_ptr<ipcmux_sender, Unref>;
-using Receiver = std::unique_ptr<ipcmux_receiver, Unref>;
-using Message = std::unique_ptr<ipcmux_message, Unref>;
-
-template <typename T> class OutPtr {
-public:
-        explicit OutPtr(std::unique_ptr<T, Unref> &u) : u_(u) {}
-        ~OutPtr() {
-                if (p_)
-                        u_.reset(p_);
-        }
-        operator T **() { return &p_; }
-
-private:
-        std::unique_ptr<T, Unref> &u_;
-        T *p_ = nullptr;
-};
-template <typename T> OutPtr<T> out(std::unique_ptr<T, Unref> &u) {
-        return OutPtr<T>(u);
-}
-
-Sender clone(const Sender &s) {
-        return Sender(ipcmux_sender_ref(s.get()));
-}
-
-struct Sub {
-        Sender tx;
-        Receiver rx;
-};
-
-void new_sub(ipcmux_channel *c, Sub *s) {
-        ASSERT_OK(ipcmux_channel_sub_channel(c, out(s->tx), out(s->rx)));
-}
-
-void send_str(ipcmux_sender *tx, const std::string &s) {
-        ASSERT_OK(ipcmux_sender_send_bytes(tx, s.data(), s.size()));
-}
+/* Handle holders, Sub, new_sub(), send_str(): tests/test-util.h. */
 
 void send_u32(ipcmux_sender *tx, uint32_t v) {
         ASSERT_OK(ipcmux_sender_send_bytes(tx, &v, sizeof(v)));
