@@ -103,18 +103,30 @@ void peer_ack(Peer *p, uint64_t bytes, uint64_t calls);
 #define PEER_CAP_STEP (256u << 10)
 /*
  * Subchannel calls one process may have in the bus to another (sent, not yet
- * acknowledged or refused).  Every call dbus-daemon refuses costs the refused
- * sender a ~450-byte error, which the daemon drops silently once that
- * sender's own queue is over max_outgoing_bytes (1 MB in our low-limit
- * tests): 1024 calls keep a whole round of refusals under half of that, so
- * every refusal is seen and repaired.  It is also what makes a sender that
- * outruns the broker batch (frames wait for the Ack, then leave together).
+ * acknowledged or refused): at most PEER_CAP_CALLS.  Every call dbus-daemon
+ * refuses costs the refused sender a ~450-byte error, which the daemon drops
+ * silently once that sender's own queue is over max_outgoing_bytes (1 MB in
+ * our low-limit tests): 1024 calls keep a whole round of refusals under half
+ * of that, so every refusal is seen and repaired.
+ *
+ * The cap is also what makes a sender that outruns its receiver batch: frames
+ * wait for the Ack, then leave together.  How many calls it lets through
+ * follows the receiver: 4 of its Ack intervals, between PEER_CAP_CALLS_MIN
+ * and PEER_CAP_CALLS.  A receiver that keeps up acknowledges every
+ * ACK_EVERY_CALLS calls (an Ack costs the sender ~12,000 instructions to
+ * dispatch, so rarely); one that finds more waiting in its socket every
+ * ACK_EVERY_CALLS_BEHIND calls.  Behind it, the sender so keeps at most 64
+ * calls in the bus and everything else waits and leaves batched: otherwise,
+ * after each Ack, hundreds of calls of one frame each left before the cap
+ * held again, and the receiver (and the broker) paid a call per frame.
  */
 #define PEER_CAP_CALLS 1024u
+#define PEER_CAP_CALLS_MIN 64u
 /* The receiver acknowledges receipt every this many bytes or calls, and at
  * once when a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)
 #define ACK_EVERY_CALLS (PEER_CAP_CALLS / 4)
+#define ACK_EVERY_CALLS_BEHIND (PEER_CAP_CALLS_MIN / 4)
 /* Send one call's worth of queued frames (conn_flush calls this). */
 int endpoint_flush_one(Endpoint *ep);
 void endpoints_fail_all(Conn *c);

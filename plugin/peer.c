@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 
 #include "channel.h"
 #include "endpoint.h"
@@ -191,6 +192,7 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
                 return -ENOMEM;
         p->conn = c;
         p->tx_cap = PEER_CAP_BYTES;
+        p->tx_cap_calls = PEER_CAP_CALLS;
         list_init(&p->endpoints);
         list_init(&p->cap_waiters);
         list_init(&p->graveyard_link);
@@ -364,8 +366,19 @@ void peer_received(Peer *p, uint64_t bytes) {
                 peer_send_ack(p);
 }
 
+/* More is waiting in our socket: we are behind the senders. */
+static bool conn_behind(Conn *c) {
+        int n = 0;
+
+        return ioctl(sd_bus_get_fd(c->bus), FIONREAD, &n) >= 0 && n > 0;
+}
+
 void peer_received_call(Peer *p) {
-        if (++p->rx_calls - p->rx_calls_acked >= ACK_EVERY_CALLS)
+        uint64_t n = ++p->rx_calls - p->rx_calls_acked;
+
+        /* Behind, Ack often: the sender then keeps few calls in the bus
+         * and batches the rest (see PEER_CAP_CALLS). */
+        if (n >= ACK_EVERY_CALLS || (n % ACK_EVERY_CALLS_BEHIND == 0 && conn_behind(p->conn)))
                 peer_send_ack(p);
 }
 

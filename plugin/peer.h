@@ -35,6 +35,7 @@ struct Peer {
          * peer_ask_ack()) bounds what can still be in the bus. */
         uint64_t tx_calls_total, tx_bytes_total;
         uint64_t tx_cap;        /* PEER_CAP_BYTES, lowered while the broker refuses */
+        uint64_t tx_cap_calls;  /* 4 Ack intervals, see PEER_CAP_CALLS */
         /* Endpoints the cap holds back, in the order they stalled: an Ack
          * wakes as many as it made room for, not all (10,000 subchannels
          * each waiting with one frame made every Ack cost 10,000 wake-ups). */

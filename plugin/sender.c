@@ -324,7 +324,7 @@ static bool cap_allows(Endpoint *ep, uint64_t batch_cost, uint64_t cost, bool ne
                 return true;
         uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
         if ((in_bus > 0 && in_bus + cost > p->tx_cap) ||
-            (new_call && p->tx_calls - p->tx_calls_acked >= PEER_CAP_CALLS)) {
+            (new_call && p->tx_calls - p->tx_calls_acked >= p->tx_cap_calls)) {
                 ep->stalled_on_cap = true;
                 return false;
         }
@@ -487,7 +487,7 @@ static int endpoint_resend_one(Endpoint *ep, bool *sent) {
  * Ack would make it ask again, and every ask bring an Ack. */
 static void peer_wake_cap_waiters(Peer *p) {
         uint64_t in_bus = p->tx_calls - p->tx_calls_acked;
-        uint64_t room = in_bus < PEER_CAP_CALLS ? PEER_CAP_CALLS - in_bus : 1;
+        uint64_t room = in_bus < p->tx_cap_calls ? p->tx_cap_calls - in_bus : 1;
         Endpoint *ep;
 
         while (room-- > 0 && !list_is_empty(&p->cap_waiters)) {
@@ -514,6 +514,12 @@ void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
         }
         if (calls > p->tx_calls)
                 p->tx_calls = calls;
+        /* Keep 4 of the receiver's Ack intervals in the bus (PEER_CAP_CALLS). */
+        if (calls > p->tx_calls_acked) {
+                uint64_t want = MIN(MAX(4 * (calls - p->tx_calls_acked), (uint64_t) PEER_CAP_CALLS_MIN),
+                                    (uint64_t) PEER_CAP_CALLS);
+                p->tx_cap_calls = MIN(want, 2 * p->tx_cap_calls);
+        }
         p->tx_acked = MAX(p->tx_acked, bytes);
         p->tx_calls_acked = MAX(p->tx_calls_acked, calls);
         p->tx_cap = MIN(p->tx_cap + PEER_CAP_STEP, (uint64_t) PEER_CAP_BYTES);
