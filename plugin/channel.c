@@ -8,14 +8,14 @@
 #include "macro.h"
 #include "receiver.h"
 
-void id128_to_hex(const uint8_t id[16], char hex[33]) {
+void hex_encode(const uint8_t *b, size_t n, char *out) {
         static const char digits[] = "0123456789abcdef";
 
-        for (unsigned i = 0; i < 16; i++) {
-                hex[2 * i] = digits[id[i] >> 4];
-                hex[2 * i + 1] = digits[id[i] & 15];
+        for (size_t i = 0; i < n; i++) {
+                out[2 * i] = digits[b[i] >> 4];
+                out[2 * i + 1] = digits[b[i] & 15];
         }
-        hex[32] = 0;
+        out[2 * n] = 0;
 }
 
 static int unhex(char ch) {
@@ -26,17 +26,17 @@ static int unhex(char ch) {
         return -1;
 }
 
-static int parse_id(const char *s, uint8_t id[16]) {
-        for (unsigned i = 0; i < 16; i++) {
+static int parse_id(const char *s, uint8_t id[PATH_ID_BYTES]) {
+        for (unsigned i = 0; i < PATH_ID_BYTES; i++) {
                 int hi = unhex(s[2 * i]), lo = hi < 0 ? -1 : unhex(s[2 * i + 1]);
                 if (hi < 0 || lo < 0)
                         return -EINVAL;
                 id[i] = (uint8_t) (hi << 4 | lo);
         }
-        return s[32] == 0 ? 0 : -EINVAL;
+        return s[PATH_ID_HEX] == 0 ? 0 : -EINVAL;
 }
 
-int channel_parse_receiver_path(const char *prefix, const char *path, uint8_t id[16]) {
+int channel_parse_receiver_path(const char *prefix, const char *path, uint8_t id[PATH_ID_BYTES]) {
         size_t n = strlen(prefix);
 
         if (strncmp(path, prefix, n) != 0 || path[n] != '/')
@@ -44,10 +44,10 @@ int channel_parse_receiver_path(const char *prefix, const char *path, uint8_t id
         return parse_id(path + n + 1, id);
 }
 
-int receiver_path_get_id(const char *path, uint8_t id[16]) {
+int receiver_path_get_id(const char *path, uint8_t id[PATH_ID_BYTES]) {
         const char *slash = strrchr(path, '/');
 
-        if (!slash || strlen(slash + 1) != 32)
+        if (!slash || strlen(slash + 1) != PATH_ID_HEX)
                 return -EINVAL;
         return parse_id(slash + 1, id);
 }
@@ -57,7 +57,7 @@ static int channel_find(sd_bus *bus, const char *path, const char *interface, vo
                         void **ret_found, sd_bus_error *error) {
         ipcmux_channel *ch = userdata;
         ipcmux_receiver *rx;
-        uint8_t id[16];
+        uint8_t id[PATH_ID_BYTES];
 
         if (channel_parse_receiver_path(ch->prefix, path, id) < 0)
                 return 0;
@@ -103,7 +103,7 @@ static int channel_enumerate(sd_bus *bus, const char *prefix, void *userdata, ch
 
 static int channel_new(Conn *c, ipcmux_channel **ret) {
         ipcmux_channel *ch;
-        char hex[33];
+        char hex[PATH_ID_HEX + 1];
         int r;
 
         ch = calloc(1, sizeof(*ch));
@@ -111,8 +111,8 @@ static int channel_new(Conn *c, ipcmux_channel **ret) {
                 return -ENOMEM;
         ch->n_ref = 1;
         list_init(&ch->link);
-        random_id128(ch->id);
-        id128_to_hex(ch->id, hex);
+        random_bytes(ch->id, sizeof(ch->id));
+        hex_encode(ch->id, sizeof(ch->id), hex);
         if (asprintf(&ch->prefix, "%s/%s", IPCMUX_ROOT_PATH, hex) < 0) {
                 free(ch);
                 return -ENOMEM;

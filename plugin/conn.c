@@ -56,7 +56,7 @@ uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
-static void random_bytes(void *p, size_t n) {
+void random_bytes(void *p, size_t n) {
         uint8_t *b = p;
 
         while (n > 0) {
@@ -79,10 +79,6 @@ uint64_t random_u64(void) {
 
         random_bytes(&v, sizeof(v));
         return v;
-}
-
-void random_id128(uint8_t id[16]) {
-        random_bytes(id, 16);
 }
 
 /* ---- lock ---------------------------------------------------------------- */
@@ -345,7 +341,7 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         list_init(&c->handled);
         list_init(&c->handler_ready);
         c->epoll_fd = -1;
-        hashmap_init(&c->receivers, &hash_ops_id128);
+        hashmap_init(&c->receivers, &hash_ops_id64);
         hashmap_init(&c->endpoints, &hash_ops_string);
         hashmap_init(&c->peers, &hash_ops_string);
         hashmap_init(&c->listeners, &hash_ops_string);

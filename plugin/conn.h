@@ -182,4 +182,4 @@ void conn_lock_resume(Conn *c, unsigned depth);
 size_t fd_budget(void);
 uint64_t now_usec(void);
 uint64_t random_u64(void);
-void random_id128(uint8_t id[16]);
+void random_bytes(void *p, size_t n);

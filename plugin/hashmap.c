@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * HashMap implementation (see hashmap.h).  Keys of the tables here are either
- * random 128-bit ids (hashing = reading 8 bytes) or short bus names (FNV-1a).
+ * random 64-bit ids (hashing = reading them) or short bus names (FNV-1a).
  */
 
 #include <errno.h>
@@ -29,19 +29,19 @@ static bool string_equal(const void *a, const void *b) {
         return strcmp(a, b) == 0;
 }
 
-static uint64_t id128_hash(const void *key) {
+static uint64_t id64_hash(const void *key) {
         uint64_t v;
 
         memcpy(&v, key, sizeof(v));
         return v;
 }
 
-static bool id128_equal(const void *a, const void *b) {
-        return memcmp(a, b, 16) == 0;
+static bool id64_equal(const void *a, const void *b) {
+        return memcmp(a, b, 8) == 0;
 }
 
 const HashOps hash_ops_string = { .hash = string_hash, .equal = string_equal };
-const HashOps hash_ops_id128 = { .hash = id128_hash, .equal = id128_equal };
+const HashOps hash_ops_id64 = { .hash = id64_hash, .equal = id64_equal };
 
 void hashmap_init(HashMap *h, const HashOps *ops) {
         *h = (HashMap) HASHMAP_INIT(ops);

@@ -34,7 +34,7 @@ typedef struct HashMap {
 #define HASHMAP_INIT(_ops) { .ops = (_ops) }
 
 extern const HashOps hash_ops_string;   /* key: const char * */
-extern const HashOps hash_ops_id128;    /* key: 16 bytes (already random) */
+extern const HashOps hash_ops_id64;     /* key: 8 bytes (already random) */
 
 void hashmap_init(HashMap *h, const HashOps *ops);
 void hashmap_deinit(HashMap *h);

@@ -95,7 +95,7 @@ size_t fd_budget(void) {
 int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret) {
         Conn *c = ch->conn;
         ipcmux_receiver *rx;
-        char hex[33];
+        char hex[PATH_ID_HEX + 1];
         int r;
 
         rx = calloc(1, sizeof(*rx));
@@ -106,8 +106,12 @@ int receiver_new(ipcmux_channel *ch, ipcmux_receiver **ret) {
         list_init(&rx->handled_link);
         list_init(&rx->ready_link);
         hashmap_init(&rx->rxpeers, &hash_ops_string);
-        random_id128(rx->id);
-        id128_to_hex(rx->id, hex);
+        /* 64 random bits: a clash with a live receiver is unlikely, not
+         * impossible (the map would refuse it). */
+        do
+                random_bytes(rx->id, sizeof(rx->id));
+        while (hashmap_get(&c->receivers, rx->id));
+        hex_encode(rx->id, sizeof(rx->id), hex);
         if (asprintf(&rx->path, "%s/%s", ch->prefix, hex) < 0) {
                 rx->path = NULL;
                 r = -ENOMEM;

@@ -3,7 +3,7 @@
 
 /*
  * ipcmux_receiver: the receiving end of a subchannel, a D-Bus object at
- * <channel prefix>/<32 hex id>.  It owns the message queue and the
+ * <channel prefix>/<16 hex id>.  It owns the message queue and the
  * subchannel's Lifecycle (who may still send), and answers the
  * org.ipcmux.Subchannel1 calls.  Disconnected = nothing queued and
  * !lifecycle_is_connected(): then recv returns -EPIPE forever.
@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "channel.h"
 #include "conn.h"
 #include "hashmap.h"
 #include "ipcmux/ipcmux.h"
@@ -24,7 +25,7 @@ struct ipcmux_receiver {
         unsigned n_ref;                 /* under the conn lock */
         Conn *conn;
         ipcmux_channel *channel;
-        uint8_t id[16];
+        uint8_t id[PATH_ID_BYTES];
         char *path;
         bool dropped;
 

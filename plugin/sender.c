@@ -1361,7 +1361,7 @@ int sender_new_received(Conn *c, const char *from, const WireSenderRef *ref, ipc
         int r;
 
         if (is_own_name(c, ref->owner)) {
-                uint8_t id[16];
+                uint8_t id[PATH_ID_BYTES];
                 ipcmux_receiver *rx = NULL;
 
                 if (receiver_path_get_id(ref->path, id) >= 0)
@@ -1402,7 +1402,7 @@ void sender_decline_ref(Conn *c, const char *from, const WireSenderRef *ref) {
         const char *from_norm = is_own_name(c, from) ? NULL : from;
 
         if (is_own_name(c, ref->owner)) {
-                uint8_t id[16];
+                uint8_t id[PATH_ID_BYTES];
                 ipcmux_receiver *rx = NULL;
 
                 if (receiver_path_get_id(ref->path, id) >= 0)
@@ -1636,4 +1636,3 @@ _public_ int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, u
 _public_ uint64_t ipcmux_sender_get_lost(ipcmux_sender *s) {
         return s ? s->ep->lost : 0;
 }
-

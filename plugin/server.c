@@ -105,8 +105,8 @@ _public_ int ipcmux_server_new_for_channel(ipcmux_channel *ch, ipcmux_server **r
                 server_free(srv);
                 return r;
         }
-        random_id128(token);
-        id128_to_hex(token, hex);
+        random_bytes(token, sizeof(token));
+        hex_encode(token, sizeof(token), hex);
         if (asprintf(&srv->wkname, ONESHOT_PREFIX "%s", hex) < 0 ||
             asprintf(&name, "%s%s#%s", c->unique_name, srv->rx->path, hex) < 0 ||
             asprintf(&rule, "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"

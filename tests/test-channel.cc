@@ -596,7 +596,7 @@ TEST_F(ChannelTest, ReceiverPathFormat) {
                 std::string path = ipcmux_receiver_get_path(s->rx.get());
                 SCOPED_TRACE(path);
                 EXPECT_GT(sd_bus_object_path_is_valid(path.c_str()), 0);
-                ASSERT_EQ(path.size(), prefix.size() + 1 + 32);
+                ASSERT_EQ(path.size(), prefix.size() + 1 + 16);
                 EXPECT_EQ(path.compare(0, prefix.size(), prefix), 0);
                 EXPECT_EQ(path[prefix.size()], '/');
                 EXPECT_TRUE(is_lower_hex(path.substr(prefix.size() + 1)));
