@@ -56,6 +56,16 @@ uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
+/* CLOCK_MONOTONIC_COARSE: no clock read (5 ns, not 23 ns: a send costs
+ * ~150 ns in all), advancing in ticks of a few ms.  For the intervals of a
+ * sender that only sends, checked on every send. */
+uint64_t now_coarse_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
 void random_bytes(void *p, size_t n) {
         uint8_t *b = p;
 
@@ -649,7 +659,7 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
 
         if (c->processing || c->error < 0)
                 return 0;
-        c->last_dispatch_usec = now_usec();
+        c->last_dispatch_usec = now_coarse_usec();
         for (unsigned i = 0; i < DISPATCH_BUDGET; i++) {
                 r = process_one(c);
                 if (r < 0)

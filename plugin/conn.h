@@ -57,7 +57,7 @@ struct Conn {
                                          * separate, so neither drains the other's wake-up */
         unsigned processing;            /* inside sd_bus_process() */
         unsigned n_waiters;
-        uint64_t last_dispatch_usec;    /* last time the socket was read */
+        uint64_t last_dispatch_usec;    /* last time the socket was read (now_coarse_usec) */
         const void *last_gone_call;     /* dedupe: find() may run twice per call */
 
         sd_bus_slot *root_slot;         /* org.ipcmux.Peer1 at /org/ipcmux */
@@ -181,5 +181,6 @@ void conn_lock_resume(Conn *c, unsigned depth);
 
 size_t fd_budget(void);
 uint64_t now_usec(void);
+uint64_t now_coarse_usec(void);
 uint64_t random_u64(void);
 void random_bytes(void *p, size_t n);

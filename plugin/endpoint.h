@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "conn.h"
+#include "framechunk.h"
 #include "ipcmux/ipcmux.h"
 #include "list.h"
 
@@ -38,6 +39,7 @@ struct Endpoint {
 
         uint64_t next_seq;
         List queue;                     /* OutFrame */
+        ChunkPool frames;               /* where small plain OutFrames live */
         List resend;                    /* ResendCall: refused by the broker, goes first */
         List *resend_at;                /* endpoint_resend(): where a rewind inserts */
         bool retry_wait;                /* refused: nothing goes before the retry timer */
@@ -52,7 +54,7 @@ struct Endpoint {
         uint64_t credit_msgs, credit_bytes;
         bool credit_requested;          /* WantCredit sent since the last Credit */
         bool stalled_on_cap;            /* last stall: the per-peer cap, not the window */
-        uint64_t last_credit_usec;      /* when credit last grew */
+        uint64_t last_credit_usec;      /* when credit last grew (now_coarse_usec) */
         uint64_t lost;                  /* frames dropped unsent (flush timeout) */
         uint64_t last_emit;             /* conn->emitted after our last Send call */
         unsigned pending_releases;      /* Release calls waiting behind the queue */

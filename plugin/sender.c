@@ -57,11 +57,15 @@ typedef struct OutFrame {
         WireSenderRef *senders;         /* owner and path strdup'ed */
         unsigned n_senders;
         uint64_t cost;                  /* for the credit window */
+        FrameChunk *chunk;              /* allocated from it, or malloc()ed if NULL */
         uint8_t inline_payload[];       /* small payloads live here (one malloc) */
 } OutFrame;
 
 /* Payloads up to this size are stored inside their OutFrame. */
 #define OUT_FRAME_INLINE_MAX 1024u
+/* Plain frames with payloads up to this size come from the endpoint's
+ * chunks (see framechunk.h); bigger ones cost more than a malloc anyway. */
+#define OUT_FRAME_CHUNKED_MAX 256u
 
 /* A call the broker refused (or one after it), to be sent again. */
 typedef struct ResendCall {
@@ -93,7 +97,10 @@ static void out_frame_free(OutFrame *f) {
                 free((char *) f->senders[i].path);
         }
         free(f->senders);
-        free(f);
+        if (f->chunk)
+                chunk_free(f->chunk);
+        else
+                free(f);
 }
 
 /* ---- endpoints ----------------------------------------------------------- */
@@ -119,6 +126,7 @@ static void endpoint_free(Endpoint *ep) {
                 out_frame_free(f);
         }
         endpoint_drop_resend(ep);
+        chunk_pool_done(&ep->frames);
         if (!ep->local)
                 sentlog_forget_endpoint(ep->conn, ep);
         if (list_is_linked(&ep->ready_link))
@@ -368,7 +376,7 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
                 return;         /* more than we ever sent: a confused peer */
         if (msgs > ep->credit_msgs) {
                 ep->credit_msgs = msgs;
-                ep->last_credit_usec = now_usec();
+                ep->last_credit_usec = now_coarse_usec();
                 sentlog_progress(ep->conn);
         }
         if (bytes > ep->credit_bytes)
@@ -1022,17 +1030,25 @@ static int prepare_transfers(Endpoint *ep, ipcmux_message *m, WireSenderRef *ref
         return 0;
 }
 
-static int out_frame_new(const FrameView *v, OutFrame **ret) {
+static int out_frame_new(Endpoint *ep, const FrameView *v, OutFrame **ret) {
         bool small = v->payload_size <= OUT_FRAME_INLINE_MAX;
-        OutFrame *f = malloc(sizeof(*f) + (small ? v->payload_size : 0));
+        size_t size = sizeof(OutFrame) + (small ? v->payload_size : 0);
+        FrameChunk *chunk = NULL;
+        OutFrame *f;
 
+        /* Frames that wait for credit pile up by the hundred thousand
+         * beside a busy neighbour: one allocation each, not two, and
+         * none for small plain ones. */
+        if (v->payload_size <= OUT_FRAME_CHUNKED_MAX && frame_view_is_plain(v))
+                f = chunk_alloc(&ep->frames, size, &chunk);
+        else
+                f = malloc(size);
         if (!f)
                 return -ENOMEM;
-        /* Frames that wait for credit pile up by the hundred thousand
-         * beside a busy neighbour: one allocation each, not two. */
         *f = (OutFrame) {
                 .flags = v->flags,
                 .payload_size = v->payload_size,
+                .chunk = chunk,
         };
         list_init(&f->link);
         if (small) {
@@ -1085,6 +1101,8 @@ oom:
         out_frame_free(f);
         return -ENOMEM;
 }
+
+static int send_view(Endpoint *ep, const FrameView *v, uint64_t cost);
 
 static int send_remote(Endpoint *ep, ipcmux_message *m) {
         Conn *c = ep->conn;
@@ -1158,17 +1176,22 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
         if (r < 0)
                 return r;
         v.senders = refs;
+        return send_view(ep, &v, frame_view_cost(&v));
+}
 
-        uint64_t cost = frame_view_cost(&v);
+/* Send (or queue) the frame @v of @cost; its senders are registered in flight. */
+static int send_view(Endpoint *ep, const FrameView *v, uint64_t cost) {
+        Conn *c = ep->conn;
+        int r;
 
         /* Direct path: nothing queued ahead, credit left, the socket takes it now. */
         if (list_is_empty(&ep->queue) && list_is_empty(&ep->resend) && list_is_empty(&c->ctrlq) &&
-            frame_view_fds(&v) <= WIRE_MAX_FDS_PER_CALL &&
+            frame_view_fds(v) <= WIRE_MAX_FDS_PER_CALL &&
             window_allows(ep, cost)) {
                 uint64_t n = 0;
 
                 if (sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n == 0) {
-                        r = frame_view_is_plain(&v) ? emit_packed(ep, &v, 1, cost) : emit_frames(ep, &v, 1, cost);
+                        r = frame_view_is_plain(v) ? emit_packed(ep, v, 1, cost) : emit_frames(ep, v, 1, cost);
                         if (r >= 0) {
                                 account_sent(ep, 1, cost);
                                 return 0;
@@ -1185,13 +1208,13 @@ static int send_remote(Endpoint *ep, ipcmux_message *m) {
         if ((ep->max_queued_msgs && ep->n_queued + 1 > ep->max_queued_msgs) ||
             (ep->max_queued_bytes && ep->n_queued > 0 && ep->queued_bytes + cost > ep->max_queued_bytes)) {
                 /* The copies just registered in flight will never leave. */
-                for (unsigned i = 0; i < v.n_senders; i++)
-                        sender_decline_ref(c, c->unique_name, &refs[i]);
+                for (unsigned i = 0; i < v->n_senders; i++)
+                        sender_decline_ref(c, c->unique_name, &v->senders[i]);
                 return -ENOBUFS;
         }
 
         OutFrame *f;
-        r = out_frame_new(&v, &f);
+        r = out_frame_new(ep, v, &f);
         if (r < 0)
                 return r;
         f->cost = cost;
@@ -1260,17 +1283,13 @@ static int send_local(Endpoint *ep, ipcmux_message *m) {
         return 0;
 }
 
-static int sender_send_locked(ipcmux_sender *s, ipcmux_message *m) {
-        Endpoint *ep = s->ep;
+/* Learn about Closed and peers' deaths even if the application only ever
+ * sends (and move what waits for the socket). */
+static void sender_poll_bus(Endpoint *ep) {
         Conn *c = ep->conn;
 
-        if (ep->local)
-                return send_local(ep, m);
-
-        /* Learn about Closed and peers' deaths even if the application only
-         * ever sends (and move what waits for the socket). */
         if (!c->processing) {
-                uint64_t now = now_usec();
+                uint64_t now = now_coarse_usec();
                 /* A subchannel nobody has credited for a while (nobody
                  * reads it) gains nothing from frequent reads. */
                 bool waiting = !list_is_empty(&ep->queue) &&
@@ -1279,7 +1298,32 @@ static int sender_send_locked(ipcmux_sender *s, ipcmux_message *m) {
                 if (now - c->last_dispatch_usec > (waiting ? SEND_BACKLOG_INTERVAL_USEC : SEND_DISPATCH_INTERVAL_USEC))
                         (void) conn_dispatch_pending(c);
         }
+}
+
+static int sender_send_locked(ipcmux_sender *s, ipcmux_message *m) {
+        Endpoint *ep = s->ep;
+
+        if (ep->local)
+                return send_local(ep, m);
+        sender_poll_bus(ep);
         return send_remote(ep, m);
+}
+
+/* Bytes alone, to another process: no message to build or check. */
+static int sender_send_plain_locked(ipcmux_sender *s, const void *data, size_t size) {
+        Endpoint *ep = s->ep;
+        Conn *c = ep->conn;
+        FrameView v = {
+                .payload = data,
+                .payload_size = size,
+        };
+
+        sender_poll_bus(ep);
+        if (c->error < 0)
+                return -ECONNRESET;
+        if (ep->closed)
+                return -EPIPE;
+        return send_view(ep, &v, size);
 }
 
 _public_ int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m) {
@@ -1300,18 +1344,32 @@ _public_ int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m) {
 }
 
 _public_ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t size) {
-        ipcmux_message m = {
-                .n_ref = 1,
-                .data = (uint8_t *) data,
-                .size = size,
-        };
+        Conn *c;
+        int r;
 
         assert_return(s, -EINVAL);
         assert_return(data || size == 0, -EINVAL);
 
-        /* A stack message: send copies what it needs, nothing to free. */
-        list_init(&m.qlink);
-        return ipcmux_sender_send(s, &m);
+        c = conn_ref(s->ep->conn);
+        r = conn_enter(c);
+        if (r >= 0) {
+                if (!s->ep->local && size <= c->spill_threshold)
+                        r = sender_send_plain_locked(s, data, size);
+                else {
+                        /* A stack message: send copies what it needs, nothing to free. */
+                        ipcmux_message m = {
+                                .n_ref = 1,
+                                .data = (uint8_t *) data,
+                                .size = size,
+                        };
+
+                        list_init(&m.qlink);
+                        r = sender_send_locked(s, &m);
+                }
+                conn_unlock(c);
+        }
+        conn_unref(c);
+        return r;
 }
 
 /* ---- sender objects ------------------------------------------------------ */
