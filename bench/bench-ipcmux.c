@@ -263,6 +263,16 @@ static long rss_kb(void) {
         return rss < 0 ? -1 : rss * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+/* CPU seconds (user + system; system alone) this process used so far. */
+static double cpu_s(int sys_only) {
+        struct rusage ru;
+
+        if (getrusage(RUSAGE_SELF, &ru) < 0)
+                return -1;
+        double sys = (double) ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+        return sys_only ? sys : sys + (double) ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
+}
+
 static void sleep_us(unsigned us) {
         struct timespec ts = { .tv_sec = us / 1000000u, .tv_nsec = (long) (us % 1000000u) * 1000 };
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
@@ -715,7 +725,8 @@ static int run_send(const struct opts *o) {
         }
         if (p.n_pool)
                 wait_acks(&p, p.next); /* every region is back before we go */
-        report(rf, "tx_fds=%ld tx_rss_kb=%ld tx_backlog_waits=%" PRIu64 " ", count_fds(), rss_kb(), n_backlog_waits);
+        report(rf, "tx_fds=%ld tx_rss_kb=%ld tx_backlog_waits=%" PRIu64 " tx_cpu_s=%.3f tx_sys_s=%.3f ", count_fds(),
+               rss_kb(), n_backlog_waits, cpu_s(0), cpu_s(1));
         if (o->sync_exit)
                 CHECK(ipcmux_channel_new(&keep)); /* keeps the connection open past the unref */
         for (unsigned j = 0; j < p.n_txs; j++)
@@ -1036,7 +1047,8 @@ static int run_slow(const struct opts *o) {
                 ipcmux_receiver_unref(rx_slow);
                 wait_child(&child, "sender", extra, sizeof(extra));
                 l = strlen(extra);
-                snprintf(extra + l, sizeof(extra) - l, "%srx_rss_kb=%ld", l ? " " : "", rss);
+                snprintf(extra + l, sizeof(extra) - l, "%srx_rss_kb=%ld rx_cpu_s=%.3f rx_sys_s=%.3f", l ? " " : "", rss,
+                         cpu_s(0), cpu_s(1));
         }
         check_stats(o, &x.st);
         result_name(o, label, sizeof(label));
