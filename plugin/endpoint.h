@@ -19,7 +19,6 @@
 #include <stdint.h>
 
 #include "conn.h"
-#include "framechunk.h"
 #include "ipcmux/ipcmux.h"
 #include "list.h"
 
@@ -39,7 +38,6 @@ struct Endpoint {
 
         uint64_t next_seq;
         List queue;                     /* OutFrame */
-        ChunkPool frames;               /* where small plain OutFrames live */
         List resend;                    /* ResendCall: refused by the broker, goes first */
         List *resend_at;                /* endpoint_resend(): where a rewind inserts */
         bool retry_wait;                /* refused: nothing goes before the retry timer */

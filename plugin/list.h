@@ -60,6 +60,9 @@ static inline List *list_first(List *head) {
 #define list_first_entry(head, type, member)                                    \
         (list_is_empty(head) ? NULL : list_entry((head)->next, type, member))
 
+#define list_last_entry(head, type, member)                                     \
+        (list_is_empty(head) ? NULL : list_entry((head)->prev, type, member))
+
 #define list_for_each_entry(pos, head, member)                                  \
         for (pos = list_entry((head)->next, __typeof__(*pos), member);         \
              &pos->member != (head);                                            \

@@ -363,6 +363,86 @@ TEST_F(Flow, UnreadSubchannelDoesNotStallItsNeighbour) {
         ipcmux_receiver_unref(busy_rx);
 }
 
+/*
+ * While a subchannel's window is full, what waits is kept in two shapes:
+ * small plain frames packed into runs, everything else (bigger payloads,
+ * regions) as frames of their own.  A mix queued behind a full window
+ * leaves in the order it was sent, with the backlog counted per message
+ * and per byte of cost, whatever shape each waited in.
+ */
+TEST_F(Flow, QueuedMixKeepsItsOrder) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+
+        send_n(tx, WINDOW_MSGS);
+        pump_both();
+        const uint64_t base = queued(tx);
+        ASSERT_GE(base, 1u) << "the window is full: the next ones wait";
+        uint64_t base_bytes = 0;
+        ASSERT_OK(ipcmux_sender_get_queued(tx, NULL, &base_bytes));
+
+        const unsigned n = 3000;
+        uint64_t cost = 0;
+        for (unsigned i = 0; i < n; i++) {
+                std::string s = std::to_string(i);
+                switch (i % 4) {
+                case 0:         /* small: into a run */
+                        break;
+                case 1:         /* above a run record's 256 B: a frame */
+                        s += std::string(300, 'L');
+                        break;
+                case 2:         /* empty: a run record of length 0 */
+                        s.clear();
+                        break;
+                case 3: {       /* a region: a frame with an attachment */
+                        ipcmux_message *m = NULL;
+                        ipcmux_shmem *r = NULL;
+                        ASSERT_OK(ipcmux_message_new(&m));
+                        ASSERT_OK(ipcmux_message_append(m, s.data(), s.size()));
+                        ASSERT_OK(ipcmux_shmem_new_from_bytes(s.data(), s.size(), &r));
+                        ASSERT_GE(ipcmux_message_attach_shmem(m, r), 0);
+                        ASSERT_OK(ipcmux_sender_send(tx, m));
+                        ipcmux_shmem_unref(r);
+                        ipcmux_message_unref(m);
+                        cost += 2 * s.size();
+                        continue;
+                }
+                }
+                ASSERT_OK(ipcmux_sender_send_bytes(tx, s.data(), s.size()));
+                cost += s.size();
+        }
+        uint64_t msgs = 0, bytes = 0;
+        ASSERT_OK(ipcmux_sender_get_queued(tx, &msgs, &bytes));
+        EXPECT_EQ(msgs, base + n);
+        EXPECT_EQ(bytes, base_bytes + cost);
+
+        expect_n(rx, WINDOW_MSGS);
+        for (unsigned i = 0; i < n; i++) {
+                ipcmux_message *m = NULL;
+                ASSERT_OK(recv_bounded(rx, &m));
+                std::string s = std::to_string(i);
+                if (i % 4 == 1)
+                        s += std::string(300, 'L');
+                else if (i % 4 == 2)
+                        s.clear();
+                ASSERT_EQ(msg_str(m), s) << i;
+                if (i % 4 == 3) {
+                        ipcmux_shmem *r = NULL;
+                        ASSERT_OK(ipcmux_message_take_shmem(m, 0, &r));
+                        EXPECT_EQ(std::string((const char *) ipcmux_shmem_get_data(r), ipcmux_shmem_get_size(r)), s);
+                        ipcmux_shmem_unref(r);
+                }
+                ipcmux_message_unref(m);
+        }
+        EXPECT_EQ(queued(tx), 0u);
+        ipcmux_sender_unref(tx);
+        ipcmux_message *m = NULL;
+        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+        EXPECT_EQ(ipcmux_receiver_get_lost(rx), 0u);
+        ipcmux_receiver_unref(rx);
+}
+
 /* Far outruns near with 64 B messages (see order_run): with one sender
  * the daemon's incoming throttle on far usually keeps near's queue below
  * its limit, so refusals are rare here (Resent is recorded, not required;
