@@ -1396,6 +1396,12 @@ static int sender_send_plain_locked(ipcmux_sender *s, const void *data, size_t s
         return send_view(ep, &v, size);
 }
 
+/*
+ * No reference on the connection around a send: the caller's sender holds
+ * its endpoint and the endpoint the connection, and nothing a send does
+ * drops either.  The two atomic operations were the sender's most sampled
+ * instructions (perf, 2M sends to a never-read subchannel: 10% of all CPU).
+ */
 _public_ int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m) {
         Conn *c;
         int r;
@@ -1403,13 +1409,12 @@ _public_ int ipcmux_sender_send(ipcmux_sender *s, ipcmux_message *m) {
         assert_return(s, -EINVAL);
         assert_return(m, -EINVAL);
 
-        c = conn_ref(s->ep->conn);
+        c = s->ep->conn;
         r = conn_enter(c);
         if (r >= 0) {
                 r = sender_send_locked(s, m);
                 conn_unlock(c);
         }
-        conn_unref(c);
         return r;
 }
 
@@ -1420,7 +1425,7 @@ _public_ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t
         assert_return(s, -EINVAL);
         assert_return(data || size == 0, -EINVAL);
 
-        c = conn_ref(s->ep->conn);
+        c = s->ep->conn;   /* see ipcmux_sender_send() */
         r = conn_enter(c);
         if (r >= 0) {
                 if (!s->ep->local && size <= c->spill_threshold)
@@ -1438,7 +1443,6 @@ _public_ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t
                 }
                 conn_unlock(c);
         }
-        conn_unref(c);
         return r;
 }
 
