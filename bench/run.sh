@@ -32,6 +32,9 @@
 #                    sender-carrying runs (W_SMALL=2000 warm-up for all)
 #   RR_SUBS=10000    subchannels of the round-robin run (N_RR=300000,
 #                    W_RR=10000 warm-up: every subchannel used once first)
+#   N_SLOW=2000000   measured busy messages of the slow-subchannel runs
+#                    (about half a second each: at 300,000 the solo run
+#                    took 0.1 s and varied 0.7-1.1x between rounds)
 #   SLOW_EVERY=1     one message to the slow subchannel per N busy ones
 #   W_SLOW=10000     warm-up of the slow runs (16 x 8192 more for the 1:16
 #                    run): the never-read subchannel's credit window (8192
@@ -119,7 +122,7 @@ function check(m, bound,   b) {
                 if (kv[1] ~ DETAIL) { if (!((name, kv[1]) in dseen)) { dseen[name, kv[1]] = 1; dorder[++nd] = name SUBSEP kv[1] } }
         }
 }
-BEGIN { DETAIL = "^(fd_growth|fds0|fds1k|fds_end|rss_kb0|rss_kb1k|rss_kb_end|kept|slow_sent|slow_refused|slow_queued_msgs|slow_queued_bytes|slow_peak_msgs|slow_peak_bytes|slow_unref_s|rx_rss_kb|handout_s)$" }
+BEGIN { DETAIL = "^(fd_growth|fds0|fds1k|fds_end|rss_kb0|rss_kb1k|rss_kb_end|kept|slow_sent|slow_refused|slow_queued_msgs|slow_queued_bytes|slow_peak_msgs|slow_peak_bytes|slow_unref_s|rx_rss_kb|handout_s|tx_cpu_s|tx_sys_s|rx_cpu_s|rx_sys_s)$" }
 END {
         print "| run | rounds | msgs/s median [min–max] | MiB/s | p50 µs | p99 µs |"
         print "|---|---|---|---|---|---|"
@@ -281,6 +284,7 @@ N_RR=${N_RR:-300000}
 W_RR=${W_RR:-$RR_SUBS}
 SLOW_EVERY=${SLOW_EVERY:-1}
 W_SLOW=${W_SLOW:-10000}
+N_SLOW=${N_SLOW:-2000000}
 SLOW_MAX=${SLOW_MAX:-1000}
 N_LOCAL=${N_LOCAL:-1000000}
 N_KEEP=${N_KEEP:-10000}
@@ -390,7 +394,7 @@ lib_note() {
         echo "dbus-daemon: $(dbus-daemon --version | head -n1)"
         echo "libipcmux: $(lib_note)"
         echo "loadavg before: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "REPEAT=$REPEAT MODES='$MODES' N_ONEWAY=$N_ONEWAY W_ONEWAY=$W_ONEWAY N_PING=$N_PING W_PING=$W_PING N_IPC=$N_IPC N_SMALL=$N_SMALL W_SMALL=$W_SMALL RR_SUBS=$RR_SUBS N_RR=$N_RR W_RR=$W_RR SLOW_EVERY=$SLOW_EVERY W_SLOW=$W_SLOW SLOW_MAX=$SLOW_MAX N_LOCAL=$N_LOCAL N_KEEP=$N_KEEP IPC_FLAGS='$IPC_FLAGS'"
+        echo "REPEAT=$REPEAT MODES='$MODES' N_ONEWAY=$N_ONEWAY W_ONEWAY=$W_ONEWAY N_PING=$N_PING W_PING=$W_PING N_IPC=$N_IPC N_SMALL=$N_SMALL W_SMALL=$W_SMALL RR_SUBS=$RR_SUBS N_RR=$N_RR W_RR=$W_RR SLOW_EVERY=$SLOW_EVERY N_SLOW=$N_SLOW W_SLOW=$W_SLOW SLOW_MAX=$SLOW_MAX N_LOCAL=$N_LOCAL N_KEEP=$N_KEEP IPC_FLAGS='$IPC_FLAGS'"
         echo "ping-pong bootstrap: $PINGPONG_VIA${VIA_NOTE:+ ($VIA_NOTE)}"
 } | tee "$OUT/machine.txt"
 
@@ -443,10 +447,10 @@ for g in $MODES; do
                 ;;
         flow)
                 RUNS+=("flow|raw-oneway-64B-small|$RAWB oneway -s 64 -n $N_SMALL -t 0 -w $W_SMALL -l raw-oneway-64B-small"
-                       "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E 0"
-                       "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E $SLOW_EVERY"
-                       "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_IPC -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
-                       "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_IPC -w $((16 * 8192 + W_SLOW)) -E 16 -l ipcmux-busy-slow16-64B"
+                       "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 0"
+                       "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY"
+                       "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
+                       "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_SLOW -w $((16 * 8192 + W_SLOW)) -E 16 -l ipcmux-busy-slow16-64B"
                        "flow|ipcmux-rr$RR_SUBS-64B|$IPC rr -s 64 -n $N_RR -w $W_RR -M $RR_SUBS")
                 ;;
         *) echo "run.sh: unknown group $g" >&2; exit 2 ;;
