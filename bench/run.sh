@@ -36,9 +36,10 @@
 #                    (about half a second each: at 300,000 the solo run
 #                    took 0.1 s and varied 0.7-1.1x between rounds)
 #   SLOW_EVERY=1     one message to the slow subchannel per N busy ones
-#   W_SLOW=10000     warm-up of the slow runs (16 x 8192 more for the 1:16
-#                    run): the never-read subchannel's credit window (8192
-#                    messages) fills during it
+#   W_SLOW=141072    warm-up of every slow run (16 x 8192 + 10,000): the
+#                    never-read subchannel's credit window (8192 messages)
+#                    fills during it, also at 1:16; the same for all four so
+#                    they differ only in the slow subchannel
 #   SLOW_MAX=1000    backlog bound (messages) of the bounded slow run
 #   N_LOCAL=1000000  messages of the same-process runs
 #   N_KEEP=10000     senders the receiver keeps in the fd-growth run
@@ -283,7 +284,7 @@ RR_SUBS=${RR_SUBS:-10000}
 N_RR=${N_RR:-300000}
 W_RR=${W_RR:-$RR_SUBS}
 SLOW_EVERY=${SLOW_EVERY:-1}
-W_SLOW=${W_SLOW:-10000}
+W_SLOW=${W_SLOW:-141072}
 N_SLOW=${N_SLOW:-2000000}
 SLOW_MAX=${SLOW_MAX:-1000}
 N_LOCAL=${N_LOCAL:-1000000}
@@ -450,7 +451,7 @@ for g in $MODES; do
                        "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 0"
                        "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY"
                        "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
-                       "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_SLOW -w $((16 * 8192 + W_SLOW)) -E 16 -l ipcmux-busy-slow16-64B"
+                       "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 16 -l ipcmux-busy-slow16-64B"
                        "flow|ipcmux-rr$RR_SUBS-64B|$IPC rr -s 64 -n $N_RR -w $W_RR -M $RR_SUBS")
                 ;;
         *) echo "run.sh: unknown group $g" >&2; exit 2 ;;
