@@ -57,6 +57,7 @@ struct Endpoint {
         uint64_t last_emit;             /* conn->emitted after our last Send call */
         unsigned pending_releases;      /* Release calls waiting behind the queue */
         bool pinned;                    /* holds a ref while there is queued output */
+        bool releasing;                 /* its last sender went: the hard calls cap only */
         unsigned n_senders;             /* ipcmux_sender objects on this endpoint */
         List ready_link;                /* in conn->ready while there is output */
         char *oneshot_name;             /* bus name owned to claim a one-shot server */
@@ -116,12 +117,15 @@ void peer_ack(Peer *p, uint64_t bytes, uint64_t calls);
  * ACK_EVERY_CALLS calls (an Ack costs the sender ~12,000 instructions to
  * dispatch, so rarely); one that finds more waiting in its socket every
  * ACK_EVERY_CALLS_BEHIND calls.  Behind it, the sender so keeps at most 64
- * calls in the bus and everything else waits and leaves batched: otherwise,
+ * calls in the bus and everything else of its streaming subchannels (see
+ * PEER_CAP_STREAM_MSGS) waits and leaves batched: otherwise,
  * after each Ack, hundreds of calls of one frame each left before the cap
  * held again, and the receiver (and the broker) paid a call per frame.
  */
 #define PEER_CAP_CALLS 1024u
 #define PEER_CAP_CALLS_MIN 64u
+/* The lowered cap holds only a subchannel with this many messages in flight. */
+#define PEER_CAP_STREAM_MSGS 256u
 /* The receiver acknowledges receipt every this many bytes or calls, and at
  * once when a stalled sender asks (WantCredit). */
 #define ACK_EVERY_BYTES (1u << 20)

@@ -340,8 +340,17 @@ static bool cap_allows(Endpoint *ep, uint64_t batch_cost, uint64_t cost, bool ne
         if (!p)
                 return true;
         uint64_t in_bus = p->tx_bytes - p->tx_acked + batch_cost;
+        /* The lowered calls cap is for batching a subchannel that streams
+         * (256 or more of its messages in flight); it must not hold the
+         * first message of a new one, nor what a last unref flushes, behind
+         * other subchannels' calls while nobody may dispatch this connection
+         * (seen: four threads each bridging subchannels between two
+         * connections of one process, each waiting on the other connection
+         * for 10 s, then the unref giving up). */
+        bool streaming = ep->sent_msgs - ep->credit_msgs >= PEER_CAP_STREAM_MSGS;
+        uint64_t max_calls = streaming && !ep->releasing ? p->tx_cap_calls : PEER_CAP_CALLS;
         if ((in_bus > 0 && in_bus + cost > p->tx_cap) ||
-            (new_call && p->tx_calls - p->tx_calls_acked >= p->tx_cap_calls)) {
+            (new_call && p->tx_calls - p->tx_calls_acked >= max_calls)) {
                 ep->stalled_on_cap = true;
                 return false;
         }
@@ -1681,6 +1690,16 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                 /* What was sent, then the release, must reach the bus before
                  * the application may exit; skipped inside callbacks. */
                 bool wait = !c->processing && c->depth == 1;
+
+                if (ep->n_senders == 1) {
+                        ep->releasing = true;
+                        if (list_is_linked(&ep->cap_link)) {
+                                /* Held by the lowered cap: look again. */
+                                list_unlink(&ep->cap_link);
+                                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))
+                                        endpoint_mark_ready(ep);
+                        }
+                }
 
                 if (wait && ep->n_senders == 1) {
                         /* Our last hold: the release goes only once every
