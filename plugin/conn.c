@@ -733,6 +733,8 @@ static void poll_bus(Conn *c, uint64_t deadline) {
         }
 
         c->polling = true;
+        c->polled_events = p[0].events;
+        c->polled_until = until;
         depth = conn_lock_suspend(c);
         (void) ppoll(p, 2, tsp, NULL);
         conn_lock_resume(c, depth);
@@ -764,6 +766,25 @@ static void cond_wait_until(Conn *c, uint64_t deadline) {
         c->depth = depth;
 }
 
+/*
+ * Another thread polls the bus for us, with the events and the timeout it
+ * chose when it started.  Output queued since (in sd-bus's write queue: the
+ * socket was full) needs POLLOUT, and a call made since may time out
+ * earlier (or sd-bus may hold read messages to process now, timeout 0):
+ * kick it to choose again, or nobody does that work and whoever waits for
+ * it (a last unref) waits for its own deadline (seen: a sender thread's
+ * unref stuck 10 s while a pump thread polled for input that never came).
+ * Only then: kicking on every wait would keep the two threads waking each
+ * other while the socket stays full.
+ */
+static void poller_look_again(Conn *c) {
+        uint64_t n = 0, until = UINT64_MAX, one = 1;
+
+        if ((sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n > 0 && !(c->polled_events & POLLOUT)) ||
+            (sd_bus_get_timeout(c->bus, &until) >= 0 && until < c->polled_until))
+                (void) !write(c->wake_fd, &one, sizeof(one));
+}
+
 int conn_wait(Conn *c, bool (*ready)(void *userdata), void *userdata, uint64_t deadline) {
         int r;
 
@@ -788,8 +809,10 @@ int conn_wait(Conn *c, bool (*ready)(void *userdata), void *userdata, uint64_t d
 
                 if (!c->polling)
                         poll_bus(c, deadline);
-                else
+                else {
+                        poller_look_again(c);
                         cond_wait_until(c, deadline);
+                }
         }
 }
 

@@ -52,6 +52,8 @@ struct Conn {
         int error;                      /* < 0: connection lost */
 
         bool polling;                   /* a thread sits in ppoll() without the lock */
+        short polled_events;            /* ...waiting for these on the bus fd */
+        uint64_t polled_until;          /* ...or until then (CLOCK_MONOTONIC µs) */
         int wake_fd;                    /* eventfd to kick the poller */
         int loop_wake_fd;               /* eventfd to kick an attached loop (in epoll_fd):
                                          * separate, so neither drains the other's wake-up */
