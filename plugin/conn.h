@@ -61,13 +61,17 @@ struct Conn {
         unsigned n_waiters;
         uint64_t last_dispatch_usec;    /* last time the socket was read (now_coarse_usec) */
         const void *last_gone_call;     /* dedupe: find() may run twice per call */
+        /* The call being dispatched and its sender's Peer, as the filter
+         * that counts calls found it (receive_call() needs it again). */
+        const sd_bus_message *dispatch_call;
+        Peer *dispatch_peer;
 
         sd_bus_slot *root_slot;         /* org.ipcmux.Peer1 at /org/ipcmux */
         sd_bus_slot *disconnect_slot;
 
         List channels;
         unsigned n_channels;
-        HashMap receivers;              /* id (16 bytes) -> ipcmux_receiver */
+        HashMap receivers;              /* id (8 bytes) -> ipcmux_receiver */
         HashMap endpoints;              /* "dest/path" -> Endpoint (remote only) */
         HashMap peers;                  /* unique name -> Peer */
         HashMap listeners;              /* name -> ipcmux_listener */

@@ -787,8 +787,11 @@ static int receive_call(ipcmux_receiver *rx, sd_bus_message *call, const char *s
         p = rxpeer_get(rx, sender);
         if (!p)
                 return -ENOMEM;
-        /* Off the bus now: acknowledge receipt to the sender's per-peer cap. */
-        peer = peer_find(c, sender);
+        /* Off the bus now: acknowledge receipt to the sender's per-peer cap.
+         * The filter that counted the call has looked its sender up. */
+        peer = c->dispatch_call == call ? c->dispatch_peer : NULL;
+        if (!peer)
+                peer = peer_find(c, sender);
         if (!peer)
                 (void) peer_watch(c, sender, &peer);
         if (peer)

@@ -412,13 +412,17 @@ static void refused(Conn *c, size_t i) {
 static void count_call(Conn *c, sd_bus_message *m) {
         const char *sender = sd_bus_message_get_sender(m);
         const char *iface = sd_bus_message_get_interface(m);
-        Peer *p;
+        Peer *p = NULL;
 
+        /* Every call passes here before its handler: nothing stale stays. */
+        c->dispatch_call = m;
+        c->dispatch_peer = NULL;
         if (!sender || !iface || strcmp(iface, IPCMUX_INTERFACE_SUBCHANNEL) != 0)
                 return;
         p = peer_find(c, sender);
         if (!p && peer_watch(c, sender, &p) < 0)
                 return;
+        c->dispatch_peer = p;
         if (p)
                 peer_received_call(p);
 }
