@@ -4,6 +4,7 @@
  * queues.  See conn.h for the threading design.
  */
 
+#include <stdarg.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -583,19 +584,29 @@ int conn_call(Conn *c, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message 
         return 0;
 }
 
-int conn_request_name(Conn *c, const char *name, uint32_t *ret_result) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-        uint32_t result;
+int conn_call_driver(Conn *c, sd_bus_message **ret_reply, const char *member, const char *types, ...) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        va_list ap;
         int r;
 
         r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                           "org.freedesktop.DBus", "RequestName");
+                                           "org.freedesktop.DBus", member);
         if (r < 0)
                 return r;
-        r = sd_bus_message_append(m, "su", name, (uint32_t) 4 /* DBUS_NAME_FLAG_DO_NOT_QUEUE */);
+        va_start(ap, types);
+        r = sd_bus_message_appendv(m, types, ap);
+        va_end(ap);
         if (r < 0)
                 return r;
-        r = conn_call(c, m, 0, &reply);
+        return conn_call(c, m, 0, ret_reply);
+}
+
+int conn_request_name(Conn *c, const char *name, uint32_t *ret_result) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        uint32_t result;
+        int r;
+
+        r = conn_call_driver(c, &reply, "RequestName", "su", name, (uint32_t) 4 /* DBUS_NAME_FLAG_DO_NOT_QUEUE */);
         if (r < 0)
                 return r;
         if (sd_bus_message_is_method_error(reply, NULL))

@@ -161,6 +161,9 @@ int conn_new_call(Conn *c, const char *dest, const char *path, const char *iface
  * Returns the reply (method errors included) or -ETIMEDOUT/-ECONNRESET.
  */
 int conn_call(Conn *c, sd_bus_message *m, uint64_t timeout_usec, sd_bus_message **ret_reply);
+/* conn_call() of the bus driver's @member (org.freedesktop.DBus) with
+ * @types and the arguments after it; the reply may be an error. */
+int conn_call_driver(Conn *c, sd_bus_message **ret_reply, const char *member, const char *types, ...);
 /* RequestName(@name, DO_NOT_QUEUE) through conn_call(); @ret_result: the
  * broker's answer (1 primary owner, 3 exists, 4 already ours). */
 int conn_request_name(Conn *c, const char *name, uint32_t *ret_result);

@@ -250,17 +250,10 @@ void peers_free_all(Conn *c) {
 
 /* GetConnectionCredentials, once per peer (cached until the peer goes). */
 static int fetch_creds(Conn *c, const char *name, uint32_t *uid, uint32_t *pid) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
-        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                           "org.freedesktop.DBus", "GetConnectionCredentials");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append_basic(m, 's', name);
-        if (r < 0)
-                return r;
-        r = conn_call(c, m, 0, &reply);
+        r = conn_call_driver(c, &reply, "GetConnectionCredentials", "s", name);
         if (r < 0)
                 return r;
         if (sd_bus_message_is_method_error(reply, NULL))

@@ -230,17 +230,10 @@ static int bus_request_name(Conn *c, const char *name) {
 }
 
 static int bus_name_has_owner(Conn *c, const char *name) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
-        r = sd_bus_message_new_method_call(c->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                           "org.freedesktop.DBus", "GetNameOwner");
-        if (r < 0)
-                return r;
-        r = sd_bus_message_append_basic(m, 's', name);
-        if (r < 0)
-                return r;
-        r = conn_call(c, m, 0, &reply);
+        r = conn_call_driver(c, &reply, "GetNameOwner", "s", name);
         if (r < 0)
                 return r;
         return !sd_bus_message_is_method_error(reply, NULL);
