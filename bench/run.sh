@@ -227,8 +227,8 @@ $S5|blocking recv vs raw no-reply calls (context)|ipcmux-l5-recv-64B|raw-oneway-
 COMPARISONS_FLOW="$S6|one-way 64 B msgs/s vs raw no-reply calls (goal: >= 2x)|ipcmux-oneway-64B|raw-oneway-64B|msg_s|>=2
 $S6|ping-pong 64 B p50: ipcmux - raw (µs; goal <= +10)|ipcmux-pingpong-64B|raw-pingpong-64B|p50_us|d<=10
 $S6|busy subchannel beside a never-read one (unbounded backlog) vs solo|ipcmux-busy-slow-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
-$S6|busy subchannel beside a never-read one (backlog bounded to ${SLOW_MAX:-1000}) vs solo|ipcmux-busy-slowQ-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
-$S6|busy subchannel beside a never-read one sent 1 message per 16 busy ones (unbounded) vs solo|ipcmux-busy-slow16-64B|ipcmux-busy-solo-64B|msg_s|>=0.9
+$S6|busy subchannel beside a never-read one (backlog bounded to ${SLOW_MAX:-1000}) vs solo|ipcmux-busy-slowQ-64B|ipcmux-busy-soloQ-64B|msg_s|>=0.9
+$S6|busy subchannel beside a never-read one sent 1 message per 16 busy ones (unbounded) vs solo|ipcmux-busy-slow16-64B|ipcmux-busy-solo16-64B|msg_s|>=0.9
 $S6|never-read subchannel, unbounded: backlog at the end (messages, ipcmux_sender_get_queued)|ipcmux-busy-slow-64B|-|slow_queued_msgs|
 $S6|never-read subchannel, unbounded: backlog at the end (bytes of cost)|ipcmux-busy-slow-64B|-|slow_queued_bytes|
 $S6|never-read subchannel, bounded: peak backlog (messages; bound ${SLOW_MAX:-1000})|ipcmux-busy-slowQ-64B|-|slow_peak_msgs|<=${SLOW_MAX:-1000}
@@ -448,9 +448,15 @@ for g in $MODES; do
                 ;;
         flow)
                 RUNS+=("flow|raw-oneway-64B-small|$RAWB oneway -s 64 -n $N_SMALL -t 0 -w $W_SMALL -l raw-oneway-64B-small"
+                       # Each slow variant right after a solo run of its own (the pair
+                       # stays adjacent in reversed rounds too): solo alone varied
+                       # 3.4-5.0M msgs/s within one run, and a ratio against the one
+                       # solo run of the round carried that drift.
                        "flow|ipcmux-busy-solo-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 0"
                        "flow|ipcmux-busy-slow-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY"
+                       "flow|ipcmux-busy-soloQ-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 0 -l ipcmux-busy-soloQ-64B"
                        "flow|ipcmux-busy-slowQ-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E $SLOW_EVERY -q $SLOW_MAX"
+                       "flow|ipcmux-busy-solo16-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 0 -l ipcmux-busy-solo16-64B"
                        "flow|ipcmux-busy-slow16-64B|$IPC slow -s 64 -n $N_SLOW -w $W_SLOW -E 16 -l ipcmux-busy-slow16-64B"
                        "flow|ipcmux-rr$RR_SUBS-64B|$IPC rr -s 64 -n $N_RR -w $W_RR -M $RR_SUBS")
                 ;;
