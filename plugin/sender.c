@@ -1465,6 +1465,7 @@ static ipcmux_sender *sender_wrap(Endpoint *ep) {
         s->n_ref = 1;
         s->ep = endpoint_ref(ep);
         ep->n_senders++;
+        ep->releasing = false;  /* held again (a copy came back in a message) */
         return s;
 }
 
