@@ -443,6 +443,72 @@ TEST_F(Flow, QueuedMixKeepsItsOrder) {
         ipcmux_receiver_unref(rx);
 }
 
+/*
+ * Behind a receiver that acks often, a sender keeps at most 64 calls of a
+ * streaming subchannel in the bus and batches the rest; but that lowered
+ * bound must not hold the first message of a new subchannel, since the Ack
+ * that would free it needs the sending connection dispatched, and here
+ * nobody dispatches it while the test waits on the receiving one.
+ */
+TEST_F(Flow, LoweredCallsCapHoldsOnlyStreams) {
+        sd_bus *bus2 = NULL;
+        ipcmux_channel *f2 = NULL;
+        ipcmux_sender *pump_tx = NULL, *a_tx = NULL, *b_tx = NULL;
+        ipcmux_receiver *pump_rx = NULL, *a_rx = NULL, *b_rx = NULL;
+
+        /* A connection nobody dispatches unless the test does (far's thread
+         * would). */
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus2));
+        ASSERT_OK(ipcmux_channel_new_for_bus(bus2, &f2));
+        ASSERT_OK(ipcmux_channel_sub_channel(f2, &pump_tx, &pump_rx));
+        auto dispatch_f2 = [&]() {
+                ipcmux_message *m = NULL;
+                for (int i = 0; i < 20; i++)
+                        EXPECT_EQ(ipcmux_receiver_try_recv_timeout(pump_rx, 0, &m), -ETIMEDOUT);
+        };
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&a_tx, &a_rx, f2));
+
+        /* 1,000 calls into the bus while near reads nothing; then near reads
+         * them with more always waiting in its socket: it is behind and
+         * acknowledges every 16 calls.  f2 reads those Acks. */
+        send_n(a_tx, 1000);
+        EXPECT_EQ(queued(a_tx), 0u) << "below the 1,024-call bound everything left at once";
+        expect_n(a_rx, 1000);
+        dispatch_f2();
+
+        /* A streams (1,001 messages in flight, no credit yet): of 200 more,
+         * at most what fits 64 calls (counting those near read but has not
+         * acknowledged) leaves, the rest waits for an Ack.  With the bound
+         * at 1,024 all of them would leave. */
+        send_n(a_tx, 200, 1000);
+        EXPECT_GT(queued(a_tx), 0u) << "the calls bound follows the receiver's Ack interval";
+
+        /* A new subchannel's first message is not held behind A's calls:
+         * accepting it only dispatches near. */
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&b_tx, &b_rx, f2));
+
+        /* Everything of A arrives once f2 is dispatched again. */
+        for (unsigned i = 1000; i < 1200; i++) {
+                ipcmux_message *m = NULL;
+                int r;
+                uint64_t t0 = test_now_usec();
+                while ((r = ipcmux_receiver_try_recv_timeout(a_rx, 1000, &m)) == -ETIMEDOUT &&
+                       test_now_usec() - t0 < 10000000)
+                        dispatch_f2();
+                ASSERT_OK(r);
+                ASSERT_EQ(msg_str(m), std::to_string(i));
+                ipcmux_message_unref(m);
+        }
+        ipcmux_sender_unref(a_tx);
+        ipcmux_sender_unref(b_tx);
+        ipcmux_sender_unref(pump_tx);
+        ipcmux_receiver_unref(a_rx);
+        ipcmux_receiver_unref(b_rx);
+        ipcmux_receiver_unref(pump_rx);
+        ipcmux_channel_unref(f2);
+        sd_bus_flush_close_unref(bus2);
+}
+
 /* Far outruns near with 64 B messages (see order_run): with one sender
  * the daemon's incoming throttle on far usually keeps near's queue below
  * its limit, so refusals are rare here (Resent is recorded, not required;
