@@ -670,7 +670,8 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
 
         if (c->processing || c->error < 0)
                 return 0;
-        c->last_dispatch_usec = now_coarse_usec();
+        /* Read without the lock by ipcmux_sender_send_bytes(). */
+        __atomic_store_n(&c->last_dispatch_usec, now_coarse_usec(), __ATOMIC_RELAXED);
         for (unsigned i = 0; i < DISPATCH_BUDGET; i++) {
                 r = process_one(c);
                 if (r < 0)

@@ -44,6 +44,10 @@ struct Endpoint {
         size_t n_queued;
         uint64_t queued_bytes;          /* cost of queued frames (see frame cost) */
         uint64_t max_queued_msgs, max_queued_bytes;     /* 0: unbounded */
+        /* The last send was refused at max_queued_msgs and nothing left
+         * since: ipcmux_sender_send_bytes() refuses without the lock (see
+         * there).  Written under the lock, read without (atomic). */
+        bool full;
 
         /* Credit window (remote only): totals emitted vs totals the receiver
          * reported consumed (Peer1.Credit).  Cost of a frame = its inline

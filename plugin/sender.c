@@ -271,6 +271,7 @@ static bool endpoint_has_output(Endpoint *ep) {
 
 /* On conn->ready: it has output that may be able to move. */
 static void endpoint_mark_ready(Endpoint *ep) {
+        __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
         endpoint_pin(ep);
         if (!list_is_linked(&ep->ready_link))
                 list_append(&ep->conn->ready, &ep->ready_link);
@@ -320,6 +321,7 @@ void endpoint_close(Endpoint *ep) {
         }
         ep->n_queued = 0;
         ep->queued_bytes = 0;
+        __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
         ep->pending_releases = 0;
         ep->retry_wait = false;
         endpoint_drop_resend(ep);
@@ -395,6 +397,7 @@ void endpoint_credit(Endpoint *ep, uint64_t msgs, uint64_t bytes) {
         if (msgs > ep->credit_msgs) {
                 ep->credit_msgs = msgs;
                 ep->last_credit_usec = now_coarse_usec();
+                __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
                 sentlog_progress(ep->conn);
         }
         if (bytes > ep->credit_bytes)
@@ -994,6 +997,7 @@ int endpoint_flush_one(Endpoint *ep) {
                 else
                         account_sent(ep, n, cost);
                 /* Gone either way (a failed call failed the connection). */
+                __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
                 for (unsigned i = 0; i < n; i++) {
                         OutFrame *g = batch[i];
 
@@ -1282,6 +1286,12 @@ static int send_view(Endpoint *ep, const FrameView *v, uint64_t cost) {
                 /* The copies just registered in flight will never leave. */
                 for (unsigned i = 0; i < v->n_senders; i++)
                         sender_decline_ref(c, c->unique_name, &v->senders[i]);
+                /* Stalled, and not credited lately: sender_poll_bus() reads
+                 * the socket every SEND_DISPATCH_INTERVAL_USEC for it. */
+                if (ep->max_queued_msgs && ep->n_queued >= ep->max_queued_msgs &&
+                    !list_is_linked(&ep->ready_link) &&
+                    now_coarse_usec() - ep->last_credit_usec >= SEND_DISPATCH_INTERVAL_USEC)
+                        __atomic_store_n(&ep->full, true, __ATOMIC_RELAXED);
                 return -ENOBUFS;
         }
 
@@ -1434,7 +1444,19 @@ _public_ int ipcmux_sender_send_bytes(ipcmux_sender *s, const void *data, size_t
         assert_return(s, -EINVAL);
         assert_return(data || size == 0, -EINVAL);
 
-        c = s->ep->conn;   /* see ipcmux_sender_send() */
+        /* Bounded and full (the last send was refused while the endpoint
+         * was stalled and not credited lately; nothing left, no credit came
+         * since), and the socket was read recently enough that
+         * sender_poll_bus() would not read it now: what the locked path
+         * would do is refuse, so refuse without the lock.  A never-read
+         * subchannel with a bounded backlog is refused on every send; the
+         * lock was most of that cost. */
+        c = s->ep->conn;
+        if (__atomic_load_n(&s->ep->full, __ATOMIC_RELAXED) && !conn_forked(c) &&
+            now_coarse_usec() - __atomic_load_n(&c->last_dispatch_usec, __ATOMIC_RELAXED) <= SEND_DISPATCH_INTERVAL_USEC)
+                return -ENOBUFS;
+
+        /* No reference on c: see ipcmux_sender_send(). */
         r = conn_enter(c);
         if (r >= 0) {
                 if (!s->ep->local && size <= c->spill_threshold)
@@ -1615,6 +1637,7 @@ static void endpoint_abandon_queue(Endpoint *ep) {
         }
         ep->n_queued = 0;
         ep->queued_bytes = 0;
+        __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
         ep->lost += n;
         ep->next_seq += n;
         log_warning("ipcmux: %s%s granted no credit: %" PRIu64 " messages lost", ep->dest, ep->path, n);
@@ -1781,6 +1804,7 @@ _public_ int ipcmux_sender_set_max_queued(ipcmux_sender *s, uint64_t max_msgs, u
                 return r;
         s->ep->max_queued_msgs = max_msgs;
         s->ep->max_queued_bytes = max_bytes;
+        __atomic_store_n(&s->ep->full, false, __ATOMIC_RELAXED);
         conn_unlock(c);
         return 0;
 }

@@ -444,6 +444,55 @@ TEST_F(Flow, QueuedMixKeepsItsOrder) {
 }
 
 /*
+ * A bounded backlog that is full refuses every send (a never-read
+ * subchannel: those refusals skip the lock, see ipcmux_sender_send_bytes()),
+ * but only while it is full: once the receiver reads and the backlog leaves,
+ * sends are taken again; once the receiver is gone they fail with -EPIPE.
+ */
+TEST_F(Flow, FullBoundedBacklogRefusesUntilItDrains) {
+        ipcmux_sender *tx = NULL;
+        ipcmux_receiver *rx = NULL;
+        ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
+
+        send_n(tx, WINDOW_MSGS);
+        pump_both();
+        const uint64_t base = queued(tx);
+        ASSERT_GE(base, 1u) << "the window is full";
+        ASSERT_OK(ipcmux_sender_set_max_queued(tx, base + 10, 0));
+        send_n(tx, 10, WINDOW_MSGS);
+        for (int i = 0; i < 10000; i++)
+                ASSERT_EQ(ipcmux_sender_send_bytes(tx, "x", 1), -ENOBUFS) << i;
+        EXPECT_EQ(queued(tx), base + 10);
+
+        expect_n(rx, WINDOW_MSGS + 10);
+        EXPECT_EQ(queued(tx), 0u);
+        /* Drained: taken again. */
+        ASSERT_OK(ipcmux_sender_send_bytes(tx, "again", 5));
+        ipcmux_message *m = NULL;
+        ASSERT_OK(recv_bounded(rx, &m));
+        EXPECT_EQ(msg_str(m), "again");
+        ipcmux_message_unref(m);
+
+        /* Full again (a window's worth in flight, then one queued), then
+         * the receiver goes: -EPIPE, not -ENOBUFS. */
+        ASSERT_OK(ipcmux_sender_set_max_queued(tx, 1, 0));
+        int sent = 0;
+        while (sent < 2 * (int) WINDOW_MSGS && ipcmux_sender_send_bytes(tx, "y", 1) == 0)
+                sent++;
+        EXPECT_LE(sent, (int) WINDOW_MSGS + 1);
+        EXPECT_EQ(ipcmux_sender_send_bytes(tx, "x", 1), -ENOBUFS);
+        ipcmux_receiver_unref(rx);
+        int r = -ENOBUFS;
+        for (uint64_t t0 = test_now_usec(); r != -EPIPE && test_now_usec() - t0 < 10000000;) {
+                r = ipcmux_sender_send_bytes(tx, "x", 1);
+                if (r != -EPIPE)
+                        usleep(1000);
+        }
+        EXPECT_EQ(r, -EPIPE);
+        ipcmux_sender_unref(tx);
+}
+
+/*
  * Behind a receiver that acks often, a sender keeps at most 64 calls of a
  * streaming subchannel in the bus and batches the rest; but that lowered
  * bound must not hold the first message of a new subchannel, since the Ack
