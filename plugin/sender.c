@@ -1337,9 +1337,15 @@ static int send_local(Endpoint *ep, ipcmux_message *m) {
                 copy->size = copy->allocated = m->size;
         }
         for (size_t i = 0; i < m->n_shmems; i++) {
+                _cleanup_(ipcmux_shmem_unrefp) ipcmux_shmem *view = NULL;
+
                 if (!m->shmems[i])
                         return -ENXIO;
-                r = message_push_shmem(copy, m->shmems[i]);
+                /* Read-only, as from another process (a view, not a copy). */
+                r = shmem_new_view(m->shmems[i], &view);
+                if (r < 0)
+                        return r;
+                r = message_push_shmem(copy, view);
                 if (r < 0)
                         return r;
         }

@@ -564,7 +564,34 @@ int shmem_new_from_peer_fd(int fd, uint64_t size, uint64_t max_size, ipcmux_shme
         return 0;
 }
 
+int shmem_new_view(ipcmux_shmem *s, ipcmux_shmem **ret) {
+        ipcmux_shmem *v;
+
+        if (!s->writable) {
+                *ret = ipcmux_shmem_ref(s);
+                return 0;
+        }
+        v = malloc(sizeof(*v));
+        if (!v)
+                return -ENOMEM;
+        *v = (ipcmux_shmem) {
+                .n_ref = 1,
+                .fd = s->fd,
+                .send_fd = s->send_fd,
+                .size = s->size,
+                .data = s->data,
+                .parent = ipcmux_shmem_ref(s),
+        };
+        *ret = v;
+        return 0;
+}
+
 static ipcmux_shmem *shmem_free(ipcmux_shmem *s) {
+        if (s->parent) {
+                ipcmux_shmem_unref(s->parent);
+                free(s);
+                return NULL;
+        }
         if (pool_put(s)) {
                 free(s);
                 return NULL;
@@ -714,6 +741,8 @@ _public_ int ipcmux_shmem_take(ipcmux_shmem *s, void **ret_data, size_t *ret_siz
 _public_ int ipcmux_shmem_get_fd(ipcmux_shmem *s) {
         assert_return(s, -EINVAL);
 
+        if (s->parent)
+                return ipcmux_shmem_get_fd(s->parent);  /* its memfd: exposed */
         /* The application may pass this (read-write) description anywhere:
          * the memfd can no longer be proven unused, so it is never pooled. */
         if (s->poolable)

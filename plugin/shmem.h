@@ -45,6 +45,9 @@ struct ipcmux_shmem {
         bool exposed;           /* atomic; ipcmux_shmem_get_fd() was called: never pooled */
         int send_fd;            /* poolable: read-only description sent to peers; else -1 */
         uint64_t dev, ino;      /* received: the memfd's identity (mapping cache) */
+        /* A read-only view of this writable region (what a receiver in the
+         * same process gets): fd, send_fd and mapping are the parent's. */
+        ipcmux_shmem *parent;
 };
 
 /* Writable, zero-filled region of @size bytes (the public *_new_from_* build on it). */
@@ -60,6 +63,13 @@ int shmem_new_uninit(uint64_t size, ipcmux_shmem **ret);
  * (else -EBADMSG), @size <= @max_size (else -EFBIG).  Maps read-only.
  */
 int shmem_new_from_peer_fd(int fd, uint64_t size, uint64_t max_size, ipcmux_shmem **ret);
+
+/*
+ * What a receiver in this process gets for @s: @s itself when it is already
+ * read-only, else a read-only view of it (received regions are read-only,
+ * wherever they come from).  No fd, no mapping: the view holds @s.
+ */
+int shmem_new_view(ipcmux_shmem *s, ipcmux_shmem **ret);
 
 /* Pool internals, for tests: set the byte bound (0: off, the receiver's
  * mapping cache too; also flushes both), free every parked entry and cached

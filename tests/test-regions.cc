@@ -195,9 +195,9 @@ static std::string report_of(const std::string &payload, const Regs &regs, unsig
 
 /*
  * A received message must carry exactly @want (same sizes, same bytes), each
- * index taken once; received-through-the-bus regions are read-only (@ro).
+ * index taken once; received regions are read-only, from this process too.
  */
-static void expect_regions(ipcmux_message *m, const Regs &want, bool ro) {
+static void expect_regions(ipcmux_message *m, const Regs &want) {
         ASSERT_EQ(ipcmux_message_get_n_shmem(m), want.size());
         for (size_t i = 0; i < want.size(); i++) {
                 ipcmux_shmem *got = NULL;
@@ -205,9 +205,7 @@ static void expect_regions(ipcmux_message *m, const Regs &want, bool ro) {
                 EXPECT_EQ(ipcmux_shmem_get_size(got), ipcmux_shmem_get_size(want[i])) << "region " << i;
                 EXPECT_NE(ipcmux_shmem_get_data(got), nullptr);
                 EXPECT_EQ(ipcmux_shmem_equal(got, want[i]), 1) << "region " << i;
-                if (ro) {
-                        EXPECT_EQ(ipcmux_shmem_get_mutable_data(got), nullptr) << "region " << i;
-                }
+                EXPECT_EQ(ipcmux_shmem_get_mutable_data(got), nullptr) << "region " << i;
                 EXPECT_EQ(ipcmux_message_take_shmem(m, (unsigned) i, &got), -ENXIO);
                 ipcmux_shmem_unref(got);
         }
@@ -216,21 +214,21 @@ static void expect_regions(ipcmux_message *m, const Regs &want, bool ro) {
 }
 
 /* Receive one message; its payload must be @payload and regions @want. */
-[[maybe_unused]] static void recv_expect(ipcmux_receiver *rx, const std::string &payload, const Regs &want, bool ro,
+[[maybe_unused]] static void recv_expect(ipcmux_receiver *rx, const std::string &payload, const Regs &want,
                         uint64_t usec = 20000000) {
         ipcmux_message *m = NULL;
         ASSERT_OK(recv_bounded(rx, &m, usec));
         EXPECT_EQ(msg_str(m), payload);
-        expect_regions(m, want, ro);
+        expect_regions(m, want);
         ipcmux_message_unref(m);
 }
 
 /* The round trip most tests are made of: @payload and @regs sent on @tx
  * arrive unchanged on @rx. */
 [[maybe_unused]] static void send_expect(ipcmux_sender *tx, ipcmux_receiver *rx, const std::string &payload,
-                                         const Regs &regs, bool ro) {
+                                         const Regs &regs) {
         ASSERT_NO_FATAL_FAILURE(send_regions(tx, payload, regs));
-        recv_expect(rx, payload, regs, ro);
+        recv_expect(rx, payload, regs);
 }
 
 [[maybe_unused]] static std::string recv_text(ipcmux_receiver *rx, uint64_t usec = 20000000) {
@@ -443,7 +441,7 @@ struct Child {
                 Regs want;
                 for (unsigned j = 0; j < n; j++)
                         want.add(pattern_region(size, seed + j));
-                recv_expect(rx, "regions", want, true);
+                recv_expect(rx, "regions", want);
         }
 
         std::string command(const std::string &cmd) {
@@ -524,7 +522,7 @@ static const std::vector<Scenario> &scenarios() {
         return all;
 }
 
-[[maybe_unused]] static void run_scenarios(ipcmux_sender *tx, ipcmux_receiver *rx, bool ro) {
+[[maybe_unused]] static void run_scenarios(ipcmux_sender *tx, ipcmux_receiver *rx) {
         for (const Scenario &sc : scenarios()) {
                 SCOPED_TRACE(sc.name);
                 Regs regs;
@@ -534,8 +532,8 @@ static const std::vector<Scenario> &scenarios() {
                 /* The message stays the caller's: sending it twice sends it twice. */
                 ASSERT_OK(ipcmux_sender_send(tx, m));
                 ipcmux_message_unref(m);
-                recv_expect(rx, sc.payload, regs, ro);
-                recv_expect(rx, sc.payload, regs, ro);
+                recv_expect(rx, sc.payload, regs);
+                recv_expect(rx, sc.payload, regs);
         }
 }
 
@@ -544,13 +542,13 @@ static const std::vector<Scenario> &scenarios() {
 TEST_F(Regions, ScenariosLocal) {
         Sub s;
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
-        run_scenarios(s.tx.get(), s.rx.get(), false);
+        run_scenarios(s.tx.get(), s.rx.get());
 }
 
 TEST_F(Regions, ScenariosInProcessBus) {
         BusPair p;
         ASSERT_NO_FATAL_FAILURE(p.open(warm));
-        run_scenarios(p.tx, p.rx, true);
+        run_scenarios(p.tx, p.rx);
         p.expect_alive();
 }
 
@@ -567,7 +565,7 @@ TEST_F(Regions, ScenariosCrossProcess) {
 
                 /* And back: the child re-sends the regions it received. */
                 ASSERT_NO_FATAL_FAILURE(send_regions(c.tx, "!echo", regs));
-                recv_expect(c.rx, "echo", regs, true);
+                recv_expect(c.rx, "echo", regs);
         }
         /* Regions made by the other process. */
         ASSERT_NO_FATAL_FAILURE(c.expect_made_regions(5, 4099, 100));
@@ -581,7 +579,7 @@ TEST_F(Regions, ScenariosCrossProcess) {
  * (within @epipe_usec).
  */
 [[maybe_unused]] static void check_with_sender(ipcmux_sender *tx, ipcmux_receiver *rx, ipcmux_channel *back_side,
-                                               uint64_t seed, bool ro, uint64_t epipe_usec) {
+                                               uint64_t seed, uint64_t epipe_usec) {
         ipcmux_sender *back_tx = NULL, *got_tx = NULL;
         ipcmux_receiver *back_rx = NULL;
         ASSERT_OK(ipcmux_channel_sub_channel(back_side, &back_tx, &back_rx));
@@ -599,12 +597,12 @@ TEST_F(Regions, ScenariosCrossProcess) {
         EXPECT_EQ(msg_str(m), "with sender");
         ASSERT_EQ(ipcmux_message_get_n_senders(m), 1u);
         ASSERT_OK(ipcmux_message_take_sender(m, 0, &got_tx));
-        expect_regions(m, regs, ro);
+        expect_regions(m, regs);
         ipcmux_message_unref(m);
 
         ASSERT_NO_FATAL_FAILURE(send_regions(got_tx, "answer", answer));
         ipcmux_sender_unref(got_tx);
-        recv_expect(back_rx, "answer", answer, ro);
+        recv_expect(back_rx, "answer", answer);
         EXPECT_EQ(recv_bounded(back_rx, &m, epipe_usec), -EPIPE);
         ipcmux_receiver_unref(back_rx);
 }
@@ -612,14 +610,14 @@ TEST_F(Regions, ScenariosCrossProcess) {
 TEST_F(Regions, WithSenderLocal) {
         Sub s;
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
-        ASSERT_NO_FATAL_FAILURE(check_with_sender(s.tx.get(), s.rx.get(), warm, 11, false, 2000000));
+        ASSERT_NO_FATAL_FAILURE(check_with_sender(s.tx.get(), s.rx.get(), warm, 11, 2000000));
 }
 
 TEST_F(Regions, WithSenderInProcessBus) {
         BusPair p;
         ASSERT_NO_FATAL_FAILURE(p.open(warm));
         /* The answer subchannel lives on the far connection. */
-        ASSERT_NO_FATAL_FAILURE(check_with_sender(p.tx, p.rx, p.ch, 21, true, 5000000));
+        ASSERT_NO_FATAL_FAILURE(check_with_sender(p.tx, p.rx, p.ch, 21, 5000000));
         p.expect_alive();
 }
 
@@ -640,7 +638,7 @@ TEST_F(Regions, WithSenderCrossProcess) {
 
         Regs answer;
         ASSERT_OK(ipcmux_shmem_new_from_bytes("region via sender", 17, &answer.v.emplace_back()));
-        recv_expect(back_rx, "via-sender", answer, true);
+        recv_expect(back_rx, "via-sender", answer);
         /* The child dropped the only copy. */
         EXPECT_EQ(recv_bounded(back_rx, &m, 5000000), -EPIPE);
         ipcmux_receiver_unref(back_rx);
@@ -675,7 +673,7 @@ TEST_F(Regions, WithSenderOfAnotherConnection) {
                 EXPECT_EQ(msg_str(m), "carrier");
                 ipcmux_sender *got = NULL;
                 ASSERT_OK(ipcmux_message_take_sender(m, 0, &got));
-                expect_regions(m, regs, true);
+                expect_regions(m, regs);
                 ipcmux_message_unref(m);
                 EXPECT_STREQ(ipcmux_sender_get_destination(got), ipcmux_channel_get_unique_name(warm))
                         << "the copy names the wrong process as the subchannel's owner";
@@ -744,7 +742,7 @@ TEST_F(Regions, CrossThreadOneShot) {
         EXPECT_GE(r, 0) << strerror(-r);
         if (r >= 0) {
                 EXPECT_EQ(msg_str(first), "first");
-                expect_regions(first, expect, true);
+                expect_regions(first, expect);
                 ipcmux_message_unref(first);
         }
         done = true;
@@ -760,7 +758,7 @@ TEST_F(Regions, CrossThreadOneShot) {
 
 /* deref: the bytes are readable in place; writes after sending are visible
  * to every holder (shared memory), a received mapping stays read-only. */
-[[maybe_unused]] static void check_deref(ipcmux_sender *tx, ipcmux_receiver *rx, bool ro) {
+[[maybe_unused]] static void check_deref(ipcmux_sender *tx, ipcmux_receiver *rx) {
         Regs mine;
         mine.add(pattern_region(3 * 4096, 50));
         ASSERT_NO_FATAL_FAILURE(send_regions(tx, "deref", mine));
@@ -773,9 +771,7 @@ TEST_F(Regions, CrossThreadOneShot) {
         const uint8_t *d = (const uint8_t *) ipcmux_shmem_get_data(got);
         ASSERT_NE(d, nullptr);
         EXPECT_EQ(sum64(d, 3 * 4096), pattern_sum(3 * 4096, 50));
-        if (ro) {
-                EXPECT_EQ(ipcmux_shmem_get_mutable_data(got), nullptr);
-        }
+        EXPECT_EQ(ipcmux_shmem_get_mutable_data(got), nullptr);
 
         uint8_t *w = (uint8_t *) ipcmux_shmem_get_mutable_data(mine[0]);
         ASSERT_NE(w, nullptr);
@@ -788,13 +784,13 @@ TEST_F(Regions, CrossThreadOneShot) {
 TEST_F(Regions, DerefLocal) {
         Sub s;
         ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
-        check_deref(s.tx.get(), s.rx.get(), false);
+        check_deref(s.tx.get(), s.rx.get());
 }
 
 TEST_F(Regions, DerefInProcessBus) {
         BusPair p;
         ASSERT_NO_FATAL_FAILURE(p.open(warm));
-        check_deref(p.tx, p.rx, true);
+        check_deref(p.tx, p.rx);
 }
 
 TEST_F(Regions, DerefCrossProcess) {
@@ -913,24 +909,24 @@ TEST_F(Regions, ZeroLengthRegions) {
                 ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
                 Regs r;
                 make_zero_mix(r);
-                ASSERT_NO_FATAL_FAILURE(send_expect(s.tx.get(), s.rx.get(), "", r, false));
+                ASSERT_NO_FATAL_FAILURE(send_expect(s.tx.get(), s.rx.get(), "", r));
         }
         {
                 BusPair p;
                 ASSERT_NO_FATAL_FAILURE(p.open(warm));
                 Regs r;
                 make_zero_mix(r);
-                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "", r, true));
+                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "", r));
 
                 /* Zero-length regions behind a spilled payload. */
                 std::string big(2 * MiB + 3, 'z');
-                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, big, r, true));
+                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, big, r));
 
                 /* Only zero-length regions, 20 of them: more fds than one call carries. */
                 Regs zeros;
                 for (int i = 0; i < 20; i++)
                         zeros.add(pattern_region(0, 0));
-                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "zeros", zeros, true));
+                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "zeros", zeros));
                 p.expect_alive();
         }
         {
@@ -943,7 +939,7 @@ TEST_F(Regions, ZeroLengthRegions) {
                 Regs zeros;
                 for (int i = 0; i < 17; i++)
                         zeros.add(pattern_region(0, 0));
-                recv_expect(c.rx, "regions", zeros, true);
+                recv_expect(c.rx, "regions", zeros);
                 EXPECT_EQ(c.stop(), 0);
         }
 }
@@ -1017,7 +1013,7 @@ static const FdCase fd_cases[] = {
                 EXPECT_EQ(a.st_ino, b.st_ino) << "fd " << i << " arrived at the wrong index";
                 close(fd);
         }
-        expect_regions(m, regs, true);
+        expect_regions(m, regs);
         ipcmux_message_unref(m);
         for (int fd : fds)
                 close(fd);
@@ -1052,7 +1048,7 @@ TEST_F(Regions, FdLimitBurst) {
                 sent.push_back(std::move(regs));
         }
         for (int i = 0; i < N; i++)
-                ASSERT_NO_FATAL_FAILURE(recv_expect(p.rx, "burst-" + std::to_string(i), *sent[i], true));
+                ASSERT_NO_FATAL_FAILURE(recv_expect(p.rx, "burst-" + std::to_string(i), *sent[i]));
         EXPECT_GT(sd_bus_is_open(p.bus), 0);
         p.expect_alive();
 }
@@ -1091,14 +1087,14 @@ TEST_F(Regions, ThousandRegions) {
                 ASSERT_NO_FATAL_FAILURE(new_sub(warm, &s));
                 Regs r;
                 make_many(r, 1000, 10000);
-                ASSERT_NO_FATAL_FAILURE(send_expect(s.tx.get(), s.rx.get(), "thousand", r, false));
+                ASSERT_NO_FATAL_FAILURE(send_expect(s.tx.get(), s.rx.get(), "thousand", r));
         }
         {
                 BusPair p;
                 ASSERT_NO_FATAL_FAILURE(p.open(warm));
                 Regs r;
                 make_many(r, 1000, 20000);
-                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "thousand", r, true));
+                ASSERT_NO_FATAL_FAILURE(send_expect(p.tx, p.rx, "thousand", r));
                 p.expect_alive();
         }
         {
@@ -1159,7 +1155,7 @@ TEST_F(Regions, FdsPerMessageLimit) {
                                         << msg_str(got).substr(0, 20) << "\")";
                         if (ok) {
                                 EXPECT_EQ(ipcmux_message_get_n_fds(got), c.fds);
-                                expect_regions(got, r, true);
+                                expect_regions(got, r);
                         }
                         ipcmux_message_unref(got);
                 }
@@ -1191,7 +1187,7 @@ TEST_F(Regions, PayloadSpillBoundaries) {
                 const void *d = ipcmux_message_get_data(m, &n);
                 EXPECT_EQ(n, size);
                 EXPECT_EQ(sum64(d, n), sum64(payload.data(), size));
-                expect_regions(m, r, true);
+                expect_regions(m, r);
                 /* A received (possibly spilled, read-only) payload can be appended to. */
                 ASSERT_OK(ipcmux_message_append(m, "+tail", 5));
                 d = ipcmux_message_get_data(m, &n);
