@@ -108,9 +108,15 @@ void conn_lock(Conn *c) {
         c->depth = 1;
 }
 
+static void poller_look_again(Conn *c);
+
 void conn_unlock(Conn *c) {
         if (--c->depth > 0)
                 return;
+        /* Leaving with output queued that the polling thread does not poll
+         * for: tell it (see poller_look_again()). */
+        if (c->polling)
+                poller_look_again(c);
         __atomic_store_n(&c->owner, (pthread_t) 0, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&c->mutex);
 }
