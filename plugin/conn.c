@@ -672,6 +672,7 @@ static int process_one(Conn *c) {
 
 /* Process until idle, @ready, or the budget is spent; flush after each step. */
 static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
+        bool progress = false;
         int r = 0;
 
         if (c->processing || c->error < 0)
@@ -687,8 +688,19 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
                         (void) receivers_run_handlers(c);
                 if (r == 0)
                         break;
+                progress = true;
                 if (ready && ready(userdata))
                         break;
+        }
+        /* Another thread sits in ppoll() for its own condition: what we
+         * read may have been what it waits for (the reply to its call, say),
+         * and it would sleep on, since the socket has nothing new for it.
+         * Seen: a last unref's round trip to the broker answered, read by
+         * a pump thread, its caller polling on for 10 s. */
+        if (progress && c->polling) {
+                uint64_t one = 1;
+
+                (void) !write(c->wake_fd, &one, sizeof(one));
         }
         return 0;
 }
