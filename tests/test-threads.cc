@@ -952,6 +952,53 @@ INSTANTIATE_TEST_SUITE_P(Loops, BesideLoopTest, ::testing::Values(LoopThread::SD
 
 /* ---- one-shot servers in parallel ---------------------------------------------- */
 
+/*
+ * One thread waits in a blocking call (RequestName, inside
+ * ipcmux_server_new_for_channel()) and polls the connection; another keeps
+ * dispatching it (try_recv with no timeout).  When the dispatching thread
+ * reads the reply, the waiting one must learn of it: its socket has nothing
+ * new to wake it (a pump thread once kept a last unref waiting 10 s so).
+ */
+TEST_F(ThreadTest, ReplyReadByAnotherThreadWakesTheWaiter) {
+        Sub pump;
+        std::atomic<bool> stop{false};
+        std::atomic<uint64_t> round_start{0};
+
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
+        ASSERT_NO_FATAL_FAILURE(new_sub(far.get(), &pump));
+        std::thread dispatcher([&]() {
+                while (!stop.load()) {
+                        ipcmux_message *m = nullptr;
+                        (void) ipcmux_receiver_try_recv_timeout(pump.rx.get(), 0, &m);
+                        ipcmux_message_unref(m);
+                        /* A waiter that slept on would sleep for ever (its
+                         * call has no timeout): after 2 s, a local send
+                         * wakes the connection, and the round fails. */
+                        uint64_t t0 = round_start.load();
+                        if (t0 && test_now_usec() - t0 > 2000000u) {
+                                (void) ipcmux_sender_send_bytes(pump.tx.get(), "wake", 4);
+                                round_start = 0;
+                        }
+                }
+        });
+        for (int i = 0; i < 300; i++) {
+                Server srv;
+                char *name = nullptr;
+                uint64_t t0 = test_now_usec();
+                round_start = t0;
+                int r = ipcmux_server_new_for_channel(far.get(), out(srv), &name);
+                round_start = 0;
+                free(name);
+                EXPECT_OK(r);
+                uint64_t took = test_now_usec() - t0;
+                EXPECT_LT(took, 2000000u) << "round " << i << ": the waiter slept on";
+                if (r < 0 || took >= 2000000u)
+                        break;
+        }
+        stop = true;
+        dispatcher.join();
+}
+
 TEST_F(ThreadTest, ConcurrentOneShotServers) {
         const int T = 4, N = 25;
         std::vector<std::thread> threads;
