@@ -424,20 +424,24 @@ static bool is_connection_error(int r) {
 
 /* ---- waking -------------------------------------------------------------- */
 
+/* The thread in ppoll() (if any) wakes up and looks again. */
+static void poller_kick(Conn *c) {
+        uint64_t one = 1;
+
+        if (c->polling)
+                (void) !write(c->wake_fd, &one, sizeof(one));
+}
+
 void conn_notify(Conn *c) {
         pthread_cond_broadcast(&c->cond);
-        if (c->polling) {
-                uint64_t one = 1;
-                (void) !write(c->wake_fd, &one, sizeof(one));
-        }
+        poller_kick(c);
 }
 
 void conn_wake(Conn *c) {
         uint64_t one = 1;
 
         pthread_cond_broadcast(&c->cond);
-        if (c->polling)
-                (void) !write(c->wake_fd, &one, sizeof(one));
+        poller_kick(c);
         if (c->driven)
                 (void) !write(c->loop_wake_fd, &one, sizeof(one));
 }
@@ -697,11 +701,8 @@ static int dispatch(Conn *c, bool (*ready)(void *), void *userdata) {
          * and it would sleep on, since the socket has nothing new for it.
          * Seen: a last unref's round trip to the broker answered, read by
          * a pump thread, its caller polling on for 10 s. */
-        if (progress && c->polling) {
-                uint64_t one = 1;
-
-                (void) !write(c->wake_fd, &one, sizeof(one));
-        }
+        if (progress)
+                poller_kick(c);
         return 0;
 }
 
@@ -808,11 +809,11 @@ static void cond_wait_until(Conn *c, uint64_t deadline) {
  * other while the socket stays full.
  */
 static void poller_look_again(Conn *c) {
-        uint64_t n = 0, until = UINT64_MAX, one = 1;
+        uint64_t n = 0, until = UINT64_MAX;
 
         if ((sd_bus_get_n_queued_write(c->bus, &n) >= 0 && n > 0 && !(c->polled_events & POLLOUT)) ||
             (sd_bus_get_timeout(c->bus, &until) >= 0 && until < c->polled_until))
-                (void) !write(c->wake_fd, &one, sizeof(one));
+                poller_kick(c);
 }
 
 int conn_wait(Conn *c, bool (*ready)(void *userdata), void *userdata, uint64_t deadline) {

@@ -269,6 +269,16 @@ static bool endpoint_has_output(Endpoint *ep) {
         return !list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0;
 }
 
+static void endpoint_mark_ready(Endpoint *ep);
+
+/* Off the cap's waiters: its output may go again (it asks anew if not). */
+static void endpoint_uncap(Endpoint *ep) {
+        list_unlink(&ep->cap_link);
+        ep->credit_requested = false;
+        if (endpoint_has_output(ep))
+                endpoint_mark_ready(ep);
+}
+
 /* On conn->ready: it has output that may be able to move. */
 static void endpoint_mark_ready(Endpoint *ep) {
         __atomic_store_n(&ep->full, false, __ATOMIC_RELAXED);
@@ -517,15 +527,9 @@ static int endpoint_resend_one(Endpoint *ep, bool *sent) {
 static void peer_wake_cap_waiters(Peer *p) {
         uint64_t in_bus = p->tx_calls - p->tx_calls_acked;
         uint64_t room = in_bus < p->tx_cap_calls ? p->tx_cap_calls - in_bus : 1;
-        Endpoint *ep;
 
-        while (room-- > 0 && !list_is_empty(&p->cap_waiters)) {
-                ep = list_first_entry(&p->cap_waiters, Endpoint, cap_link);
-                list_unlink(&ep->cap_link);
-                ep->credit_requested = false;
-                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend) || ep->pending_releases > 0)
-                        endpoint_mark_ready(ep);
-        }
+        while (room-- > 0 && !list_is_empty(&p->cap_waiters))
+                endpoint_uncap(list_first_entry(&p->cap_waiters, Endpoint, cap_link));
 }
 
 void peer_ack(Peer *p, uint64_t bytes, uint64_t calls) {
@@ -1723,12 +1727,8 @@ static void sender_destroy_locked(ipcmux_sender *s) {
 
                 if (ep->n_senders == 1) {
                         ep->releasing = true;
-                        if (list_is_linked(&ep->cap_link)) {
-                                /* Held by the lowered cap: look again. */
-                                list_unlink(&ep->cap_link);
-                                if (!list_is_empty(&ep->queue) || !list_is_empty(&ep->resend))
-                                        endpoint_mark_ready(ep);
-                        }
+                        if (list_is_linked(&ep->cap_link))
+                                endpoint_uncap(ep);     /* held by the lowered cap: look again */
                 }
 
                 if (wait && ep->n_senders == 1) {

@@ -412,7 +412,7 @@ static void refused(Conn *c, size_t i) {
 static void count_call(Conn *c, sd_bus_message *m) {
         const char *sender = sd_bus_message_get_sender(m);
         const char *iface = sd_bus_message_get_interface(m);
-        Peer *p = NULL;
+        Peer *p;
 
         /* Every call passes here before its handler: nothing stale stays. */
         c->dispatch_call = m;
