@@ -104,6 +104,25 @@ protected:
                 }
         }
 
+        /* Messages 0..WINDOW_MSGS-1 on @tx, nobody reading yet: the window
+         * fills and what did not fit waits ("first" is in flight too);
+         * @ret_base: how many wait. */
+        void fill_window(ipcmux_sender *tx, uint64_t *ret_base) {
+                send_n(tx, WINDOW_MSGS);
+                pump_both();
+                *ret_base = queued(tx);
+                ASSERT_GE(*ret_base, 1u) << "the window is full: the next ones wait";
+        }
+
+        /* Drop the only sender: the receiver reports the end, nothing lost. */
+        void expect_clean_end(ipcmux_sender *tx, ipcmux_receiver *rx) {
+                ipcmux_message *m = NULL;
+                ipcmux_sender_unref(tx);
+                EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
+                EXPECT_EQ(ipcmux_receiver_get_lost(rx), 0u);
+                ipcmux_receiver_unref(rx);
+        }
+
         void expect_n_any(ipcmux_receiver *rx, unsigned n) {
                 for (unsigned i = 0; i < n; i++) {
                         ipcmux_message *m = NULL;
@@ -375,11 +394,8 @@ TEST_F(Flow, QueuedMixKeepsItsOrder) {
         ipcmux_receiver *rx = NULL;
         ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
 
-        send_n(tx, WINDOW_MSGS);
-        pump_both();
-        const uint64_t base = queued(tx);
-        ASSERT_GE(base, 1u) << "the window is full: the next ones wait";
-        uint64_t base_bytes = 0;
+        uint64_t base = 0, base_bytes = 0;
+        ASSERT_NO_FATAL_FAILURE(fill_window(tx, &base));
         ASSERT_OK(ipcmux_sender_get_queued(tx, NULL, &base_bytes));
 
         const unsigned n = 3000;
@@ -436,11 +452,7 @@ TEST_F(Flow, QueuedMixKeepsItsOrder) {
                 ipcmux_message_unref(m);
         }
         EXPECT_EQ(queued(tx), 0u);
-        ipcmux_sender_unref(tx);
-        ipcmux_message *m = NULL;
-        EXPECT_EQ(recv_bounded(rx, &m), -EPIPE);
-        EXPECT_EQ(ipcmux_receiver_get_lost(rx), 0u);
-        ipcmux_receiver_unref(rx);
+        expect_clean_end(tx, rx);
 }
 
 /*
@@ -454,10 +466,8 @@ TEST_F(Flow, FullBoundedBacklogRefusesUntilItDrains) {
         ipcmux_receiver *rx = NULL;
         ASSERT_NO_FATAL_FAILURE(remote_sub(&tx, &rx));
 
-        send_n(tx, WINDOW_MSGS);
-        pump_both();
-        const uint64_t base = queued(tx);
-        ASSERT_GE(base, 1u) << "the window is full";
+        uint64_t base = 0;
+        ASSERT_NO_FATAL_FAILURE(fill_window(tx, &base));
         ASSERT_OK(ipcmux_sender_set_max_queued(tx, base + 10, 0));
         send_n(tx, 10, WINDOW_MSGS);
         for (int i = 0; i < 10000; i++)
