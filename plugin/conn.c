@@ -644,6 +644,10 @@ int conn_sync_bus(Conn *c, uint64_t deadline) {
         r = conn_call(c, m, deadline > now ? deadline - now : 1, &reply);
         if (r < 0)
                 return r;
+        /* A timeout (sd-bus's own error reply) proves nothing: the calls
+         * stay kept, since the broker may still refuse them. */
+        if (sd_bus_message_is_method_error(reply, NULL))
+                return -sd_bus_message_get_errno(reply) ?: -EIO;
         if (target > c->synced)
                 c->synced = target;
         sentlog_release(c, mark);

@@ -1666,9 +1666,10 @@ static void endpoint_abandon_queue(Endpoint *ep) {
  * Wait until everything @ep sent is in the broker and no refusal of it can
  * still come (a round trip to the broker after the last call, again while
  * refused calls went again meanwhile).  Gives up on what is still queued
- * after RELEASE_FLUSH_TIMEOUT_USEC without progress, loudly.
+ * after RELEASE_FLUSH_TIMEOUT_USEC without progress, loudly.  Returns false
+ * when it gave up (or the round trip did not come back in that time).
  */
-static void endpoint_settle(Endpoint *ep) {
+static bool endpoint_settle(Endpoint *ep) {
         Conn *c = ep->conn;
         uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
         uint64_t progress = endpoint_progress(ep);
@@ -1688,15 +1689,19 @@ static void endpoint_settle(Endpoint *ep) {
                          * receiver counts the hole the abandon skips. */
                         endpoint_drop_resend(ep);
                         endpoint_abandon_queue(ep);
-                        return;
+                        return false;
                 }
                 /* In the socket is not enough: a broker may drop what it has
                  * not read when we exit, or refuse it (then it goes again,
                  * and we wait again).  One round trip to it (skipped when
                  * nothing was sent since the last); what went again while it
                  * ran needs another. */
-                if (r < 0 || ep->last_emit <= c->synced || conn_sync_bus(c, deadline) < 0 || ep->closed)
-                        return;
+                if (r < 0)
+                        return false;
+                if (ep->last_emit <= c->synced || ep->closed)
+                        return true;
+                if (conn_sync_bus(c, deadline) < 0)
+                        return false;
         }
 }
 
@@ -1739,13 +1744,15 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                          * let the receiver report the end before those
                          * frames arrive, and then refuse them. */
                         (void) conn_flush(c);
-                        endpoint_settle(ep);
+                        /* A broker that did not answer in time will not
+                         * answer for the release either: one wait, not two. */
+                        wait = endpoint_settle(ep);
                         if (ep->closed || c->error < 0)
                                 goto done;
                 }
                 endpoint_release_one(ep);
                 if (wait)
-                        endpoint_settle(ep);
+                        (void) endpoint_settle(ep);
         }
 done:
         ep->n_senders--;
