@@ -27,6 +27,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -997,6 +998,129 @@ TEST_F(ThreadTest, ReplyReadByAnotherThreadWakesTheWaiter) {
         }
         stop = true;
         dispatcher.join();
+}
+
+/*
+ * One thread blocks in recv on a local subchannel: it polls the connection,
+ * for input only (nothing to write when it started).  Meanwhile this thread
+ * sends to another connection while the bus is stopped (SIGSTOP): the
+ * socket fills (its send buffer shrunk to 64 KiB; sd-bus makes it 8 MiB),
+ * and the rest waits in sd-bus's write queue and ipcmux's backlog.  Sends
+ * never block, and this thread then only waits on the far side.  When the
+ * bus runs again, only a poll for POLLOUT notices the socket has room: the
+ * polling thread must have been told to look again, or the rest stays
+ * queued.  (10 x 64 KiB stays below the 1 MiB and 256 calls after which
+ * the far side acks; an Ack would wake the poller anyway.)
+ */
+TEST_F(ThreadTest, OutputQueuedWhileAnotherThreadPollsIsWritten) {
+        constexpr int K = 10;
+        const std::string big(64 << 10, 'q');
+        Channel near;
+        Sub pump;
+        Sender tx;
+        Receiver rx;
+        pid_t bus_pid = test_bus_pid(PrivateBus::bus);
+        struct Resume {
+                pid_t pid;
+                ~Resume() { kill(pid, SIGCONT); }
+        } resume{bus_pid};
+
+        ASSERT_GT(bus_pid, 0);
+        {
+                sd_bus *bus = nullptr;
+                int sndbuf = 64 << 10;
+
+                ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
+                std::unique_ptr<sd_bus, decltype(&sd_bus_unref)> bus_owner(bus, sd_bus_unref);
+                ASSERT_EQ(setsockopt(sd_bus_get_fd(bus), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0)
+                        << strerror(errno);
+                ASSERT_OK(ipcmux_channel_new_for_bus(bus, out(near)));
+        }
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), near.get(), &tx, &rx));
+        ASSERT_NO_FATAL_FAILURE(new_sub(near.get(), &pump));
+
+        std::atomic<int> poller_end{1};
+        std::thread poller([&]() {
+                Message m;
+                poller_end = recv_bounded(pump.rx.get(), out(m), 30000000);
+        });
+        usleep(100000);         /* let it settle in ppoll() */
+
+        ASSERT_EQ(kill(bus_pid, SIGSTOP), 0);
+        uint64_t queued = 0;
+        for (int i = 0; i < K; i++)
+                EXPECT_OK(ipcmux_sender_send_bytes(tx.get(), big.data(), big.size()));
+        EXPECT_OK(ipcmux_sender_get_queued(tx.get(), &queued, nullptr));
+        EXPECT_GT(queued, 0u) << "the socket took everything: nothing tested";
+        ASSERT_EQ(kill(bus_pid, SIGCONT), 0);
+
+        /* Only the far connection from here on (it acks none of this). */
+        for (int got = 0; got < K; got++) {
+                Message m;
+                int r = recv_bounded(rx.get(), out(m), 5000000);
+                if (r < 0) {
+                        ADD_FAILURE() << "message " << got << " of " << K << ": " << strerror(-r)
+                                      << " (left queued: nobody polled for POLLOUT)";
+                        break;
+                }
+                EXPECT_EQ(msg_str(m.get()).size(), big.size());
+        }
+
+        EXPECT_OK(ipcmux_sender_send_bytes(pump.tx.get(), "stop", 4));
+        poller.join();
+        EXPECT_GE(poller_end.load(), 0) << strerror(-poller_end.load());
+}
+
+/*
+ * The call's own timeout must end a wait while another thread polls: a last
+ * unref waits for a round trip to the broker (conn_sync_bus()), bounded by
+ * the sd-bus timeout of that call, and the thread polling for its own recv
+ * (30 s) must be told to wake up for it.  With the bus stopped nothing
+ * else arrives to wake it.
+ */
+TEST_F(ThreadTest, CallTimeoutEndsTheWaitWhileAnotherThreadPolls) {
+        Channel near;
+        Sub pump;
+        Sender tx;
+        Receiver rx;
+        pid_t bus_pid = test_bus_pid(PrivateBus::bus);
+        struct Resume {
+                pid_t pid;
+                ~Resume() { kill(pid, SIGCONT); }
+        } resume{bus_pid};
+
+        ASSERT_GT(bus_pid, 0);
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&near));
+        ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
+        ASSERT_NO_FATAL_FAILURE(bridge(far.get(), near.get(), &tx, &rx));
+        ASSERT_NO_FATAL_FAILURE(new_sub(near.get(), &pump));
+
+        std::atomic<int> poller_end{1};
+        std::thread poller([&]() {
+                Message m;
+                poller_end = recv_bounded(pump.rx.get(), out(m), 30000000);
+        });
+        usleep(100000);         /* let it settle in ppoll() */
+
+        ASSERT_EQ(kill(bus_pid, SIGSTOP), 0);
+        EXPECT_OK(ipcmux_sender_send_bytes(tx.get(), "x", 1));
+        uint64_t t0 = test_now_usec();
+        tx.reset();             /* waits for the broker: at most its 10 s */
+        uint64_t took = test_now_usec() - t0;
+        ASSERT_EQ(kill(bus_pid, SIGCONT), 0);
+        EXPECT_LT(took, 20000000u) << "the unref waited for the other thread's poll to end";
+        EXPECT_GE(took, 9000000u) << "the unref did not wait for the broker";
+
+        Message m;
+        EXPECT_OK(recv_bounded(rx.get(), out(m), 10000000));
+        EXPECT_EQ(msg_str(m.get()), "x");
+        Message end;
+        EXPECT_EQ(recv_bounded(rx.get(), out(end), 10000000), -EPIPE);
+
+        EXPECT_OK(ipcmux_sender_send_bytes(pump.tx.get(), "stop", 4));
+        poller.join();
+        EXPECT_GE(poller_end.load(), 0) << strerror(-poller_end.load());
 }
 
 TEST_F(ThreadTest, ConcurrentOneShotServers) {
