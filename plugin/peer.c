@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 #include "channel.h"
@@ -37,11 +38,34 @@ typedef struct SyncCall {
         uint64_t gen;
 } SyncCall;
 
+static void send_sync(Conn *c, const char *dest, uint64_t gen);
+
+/*
+ * A call that timed out, by sd-bus's clock (or the broker's): NoReply from
+ * the bus, never from a peer (which could answer so at once, for ever).
+ * It says nothing about the callee: sd-bus looks at timeouts before it
+ * reads, so a connection left undispatched for longer than its call timeout
+ * (an application busy elsewhere, a debugger) sees one although the reply
+ * waits in the socket.  The callers ask again.
+ */
+static bool reply_timed_out(sd_bus_message *m) {
+        const char *sender = sd_bus_message_get_sender(m);
+
+        return (sd_bus_message_is_method_error(m, SD_BUS_ERROR_NO_REPLY) ||
+                sd_bus_message_is_method_error(m, SD_BUS_ERROR_TIMEOUT)) &&
+                (!sender || strcmp(sender, "org.freedesktop.DBus") == 0);
+}
+
 static int on_sync_reply(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         SyncCall *s = userdata;
         Conn *c = s->conn;
         size_t i = 0;
         void *v;
+
+        if (reply_timed_out(m)) {
+                send_sync(c, s->name, s->gen);
+                return 0;
+        }
 
         /* Everything the destination claimed before the death has reached us
          * (its Claims precede this reply): what remains orphaned never will. */
@@ -137,19 +161,61 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         return 0;
 }
 
+static char *match_rule(const char *name) {
+        char *rule;
+
+        if (asprintf(&rule, "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                            "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='%s'", name) < 0)
+                return NULL;
+        return rule;
+}
+
+static int on_get_name_owner(sd_bus_message *m, void *userdata, sd_bus_error *error);
+
+static int check_owner(Peer *p) {
+        return sd_bus_call_method_async(p->conn->bus, &p->check_slot, "org.freedesktop.DBus",
+                                        "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner",
+                                        on_get_name_owner, p, "s", p->name);
+}
+
 static int on_get_name_owner(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Peer *p = userdata;
 
         p->check_slot = sd_bus_slot_unref(p->check_slot);
-        if (sd_bus_message_is_method_error(m, NULL))
+        if (reply_timed_out(m)) {
+                if (check_owner(p) < 0)
+                        peer_gone(p);
+        } else if (sd_bus_message_is_method_error(m, NULL))
                 peer_gone(p);
         return 0;
 }
 
+static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *error);
+
+/* The match slot stays (sd-bus filters by it); only the broker's side is
+ * asked for again.  Should the first AddMatch have gone through after all,
+ * the broker holds the rule twice and delivers each signal once; the
+ * extra rule goes with the connection. */
+static int add_match_again(Peer *p) {
+        _cleanup_free_ char *rule = match_rule(p->name);
+
+        if (!rule)
+                return -ENOMEM;
+        return sd_bus_call_method_async(p->conn->bus, &p->check_slot, "org.freedesktop.DBus",
+                                        "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch",
+                                        on_match_installed, p, "s", rule);
+}
+
+/* The reply to the match's AddMatch (or to add_match_again()'s). */
 static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Peer *p = userdata;
-        int r;
 
+        p->check_slot = sd_bus_slot_unref(p->check_slot);
+        if (reply_timed_out(m)) {
+                if (add_match_again(p) < 0)
+                        peer_gone(p);
+                return 0;
+        }
         if (sd_bus_message_is_method_error(m, NULL)) {
                 /* Without the match we would never hear of the death; fail
                  * safe: treat the peer as gone rather than wait forever. */
@@ -158,10 +224,7 @@ static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *e
                 return 0;
         }
         /* Subscribed first, checked second: no window in which a death goes unseen. */
-        r = sd_bus_call_method_async(p->conn->bus, &p->check_slot, "org.freedesktop.DBus",
-                                     "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner",
-                                     on_get_name_owner, p, "s", p->name);
-        if (r < 0)
+        if (check_owner(p) < 0)
                 peer_gone(p);
         return 0;
 }
@@ -207,9 +270,8 @@ int peer_watch(Conn *c, const char *name, Peer **ret) {
                 free(p);
                 return r;
         }
-        if (asprintf(&rule, "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
-                            "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='%s'", name) < 0) {
-                rule = NULL;
+        rule = match_rule(name);
+        if (!rule) {
                 peer_free(p);
                 return -ENOMEM;
         }

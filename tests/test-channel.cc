@@ -1577,6 +1577,48 @@ TEST_F(TwoConnTest, EmbeddedSenderOverTheBus) {
  * take it, not set it aside as out of order (which would lose "3" and "4"
  * silently).
  */
+/*
+ * A connection left undispatched for longer than its method call timeout
+ * (an application busy elsewhere, a process stopped in a debugger) must not
+ * take its peers for dead.  sd-bus looks at timeouts before it reads: the
+ * calls that watch a new peer (AddMatch, GetNameOwner) then fail with a
+ * timeout although their replies wait in the socket.  Here the receiving
+ * side has a 1 s call timeout and is left alone for 2.5 s after it met the
+ * sender.  The watch must still work after: the sender's connection then
+ * drops (no Release: a crash, as far as the receiver can tell).
+ */
+TEST_F(ChannelTest, UndispatchedPastTheCallTimeoutKeepsPeers) {
+        Channel slow, near;
+        Sender tx;
+        Receiver rx;
+        sd_bus *bus = nullptr, *near_bus = nullptr;
+
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &bus));
+        int r = sd_bus_set_method_call_timeout(bus, 1000000);
+        if (r >= 0)
+                r = ipcmux_channel_new_for_bus(bus, out(slow));
+        sd_bus_unref(bus);
+        ASSERT_OK(r);
+        ASSERT_OK(test_bus_connect(PrivateBus::bus, &near_bus));
+        std::unique_ptr<sd_bus, decltype(&sd_bus_unref)> near_bus_owner(near_bus, sd_bus_unref);
+        ASSERT_OK(ipcmux_channel_new_for_bus(near_bus, out(near)));
+
+        ASSERT_NO_FATAL_FAILURE(bridge(slow.get(), near.get(), &tx, &rx));
+        usleep(2500000);
+        ASSERT_NO_FATAL_FAILURE(send_str(tx.get(), "x"));
+        Message m;
+        ASSERT_OK(recv_bounded(rx.get(), out(m), 10000000));
+        EXPECT_EQ(msg_str(m.get()), "x");
+        /* Let the watch be asked for again and answered. */
+        Message none;
+        EXPECT_EQ(recv_bounded(rx.get(), out(none), 300000), -ETIMEDOUT);
+
+        sd_bus_close(near_bus);
+        Message end;
+        EXPECT_EQ(recv_bounded(rx.get(), out(end), 10000000), -EPIPE);
+        tx.reset();
+}
+
 TEST_F(TwoConnTest, StreamStartsAgainWithANewCopy) {
         Sender carrier_tx, got;
         Receiver carrier_rx;
