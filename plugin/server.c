@@ -236,7 +236,12 @@ static int bus_name_has_owner(Conn *c, const char *name) {
         r = conn_call_driver(c, &reply, "GetNameOwner", "s", name);
         if (r < 0)
                 return r;
-        return !sd_bus_message_is_method_error(reply, NULL);
+        if (!sd_bus_message_is_method_error(reply, NULL))
+                return 1;
+        /* Only that error says "no owner"; a timeout says nothing. */
+        if (sd_bus_message_is_method_error(reply, "org.freedesktop.DBus.Error.NameHasNoOwner"))
+                return 0;
+        return -sd_bus_message_get_errno(reply) ?: -EIO;
 }
 
 _public_ int ipcmux_sender_connect_for_channel(ipcmux_channel *ch, const char *name, ipcmux_sender **ret) {
