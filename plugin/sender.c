@@ -1666,10 +1666,11 @@ static void endpoint_abandon_queue(Endpoint *ep) {
  * Wait until everything @ep sent is in the broker and no refusal of it can
  * still come (a round trip to the broker after the last call, again while
  * refused calls went again meanwhile).  Gives up on what is still queued
- * after RELEASE_FLUSH_TIMEOUT_USEC without progress, loudly.  Returns false
- * when it gave up (or the round trip did not come back in that time).
+ * after RELEASE_FLUSH_TIMEOUT_USEC without progress, loudly.  Returns < 0
+ * when the broker did not take or confirm our calls in that time (it does
+ * not read us, or the round trip timed out).
  */
-static bool endpoint_settle(Endpoint *ep) {
+static int endpoint_settle(Endpoint *ep) {
         Conn *c = ep->conn;
         uint64_t deadline = now_usec() + RELEASE_FLUSH_TIMEOUT_USEC;
         uint64_t progress = endpoint_progress(ep);
@@ -1689,7 +1690,7 @@ static bool endpoint_settle(Endpoint *ep) {
                          * receiver counts the hole the abandon skips. */
                         endpoint_drop_resend(ep);
                         endpoint_abandon_queue(ep);
-                        return false;
+                        return 0;
                 }
                 /* In the socket is not enough: a broker may drop what it has
                  * not read when we exit, or refuse it (then it goes again,
@@ -1697,11 +1698,12 @@ static bool endpoint_settle(Endpoint *ep) {
                  * nothing was sent since the last); what went again while it
                  * ran needs another. */
                 if (r < 0)
-                        return false;
+                        return r;
                 if (ep->last_emit <= c->synced || ep->closed)
-                        return true;
-                if (conn_sync_bus(c, deadline) < 0)
-                        return false;
+                        return 0;
+                r = conn_sync_bus(c, deadline);
+                if (r < 0)
+                        return r;
         }
 }
 
@@ -1746,7 +1748,7 @@ static void sender_destroy_locked(ipcmux_sender *s) {
                         (void) conn_flush(c);
                         /* A broker that did not answer in time will not
                          * answer for the release either: one wait, not two. */
-                        wait = endpoint_settle(ep);
+                        wait = endpoint_settle(ep) >= 0;
                         if (ep->closed || c->error < 0)
                                 goto done;
                 }
