@@ -1000,6 +1000,58 @@ TEST_F(ThreadTest, ReplyReadByAnotherThreadWakesTheWaiter) {
         dispatcher.join();
 }
 
+namespace {
+
+/* A thread blocked in recv on a local subchannel of a channel: it polls
+ * that channel's connection, for input only, until stop(). */
+class Poller {
+public:
+        ~Poller() { (void) stop(); }
+        void start(ipcmux_channel *ch) {
+                ASSERT_NO_FATAL_FAILURE(new_sub(ch, &sub_));
+                thread_ = std::thread([this]() {
+                        Message m;
+                        end_ = recv_bounded(sub_.rx.get(), out(m), 30000000);
+                });
+                usleep(100000);         /* let it settle in ppoll() */
+        }
+        /* Wakes it with a local send; what its recv returned. */
+        int stop() {
+                if (thread_.joinable()) {
+                        (void) ipcmux_sender_send_bytes(sub_.tx.get(), "stop", 4);
+                        thread_.join();
+                }
+                return end_;
+        }
+
+private:
+        Sub sub_;
+        std::thread thread_;
+        std::atomic<int> end_{1};
+};
+
+/* The test's dbus-daemon stopped (SIGSTOP) until resume() or scope exit. */
+class BusPause {
+public:
+        ~BusPause() { resume(); }
+        void stop() {
+                ASSERT_GT(pid_, 0);
+                ASSERT_EQ(kill(pid_, SIGSTOP), 0);
+                stopped_ = true;
+        }
+        void resume() {
+                if (stopped_)
+                        (void) kill(pid_, SIGCONT);
+                stopped_ = false;
+        }
+
+private:
+        pid_t pid_ = test_bus_pid(PrivateBus::bus);
+        bool stopped_ = false;
+};
+
+} /* namespace */
+
 /*
  * One thread blocks in recv on a local subchannel: it polls the connection,
  * for input only (nothing to write when it started).  Meanwhile this thread
@@ -1016,16 +1068,11 @@ TEST_F(ThreadTest, OutputQueuedWhileAnotherThreadPollsIsWritten) {
         constexpr int K = 10;
         const std::string big(64 << 10, 'q');
         Channel near;
-        Sub pump;
         Sender tx;
         Receiver rx;
-        pid_t bus_pid = test_bus_pid(PrivateBus::bus);
-        struct Resume {
-                pid_t pid;
-                ~Resume() { kill(pid, SIGCONT); }
-        } resume{bus_pid};
+        BusPause pause;
+        Poller poller;
 
-        ASSERT_GT(bus_pid, 0);
         {
                 sd_bus *bus = nullptr;
                 int sndbuf = 64 << 10;
@@ -1038,22 +1085,15 @@ TEST_F(ThreadTest, OutputQueuedWhileAnotherThreadPollsIsWritten) {
         }
         ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         ASSERT_NO_FATAL_FAILURE(bridge(far.get(), near.get(), &tx, &rx));
-        ASSERT_NO_FATAL_FAILURE(new_sub(near.get(), &pump));
+        ASSERT_NO_FATAL_FAILURE(poller.start(near.get()));
 
-        std::atomic<int> poller_end{1};
-        std::thread poller([&]() {
-                Message m;
-                poller_end = recv_bounded(pump.rx.get(), out(m), 30000000);
-        });
-        usleep(100000);         /* let it settle in ppoll() */
-
-        ASSERT_EQ(kill(bus_pid, SIGSTOP), 0);
+        ASSERT_NO_FATAL_FAILURE(pause.stop());
         uint64_t queued = 0;
         for (int i = 0; i < K; i++)
                 EXPECT_OK(ipcmux_sender_send_bytes(tx.get(), big.data(), big.size()));
         EXPECT_OK(ipcmux_sender_get_queued(tx.get(), &queued, nullptr));
         EXPECT_GT(queued, 0u) << "the socket took everything: nothing tested";
-        ASSERT_EQ(kill(bus_pid, SIGCONT), 0);
+        pause.resume();
 
         /* Only the far connection from here on (it acks none of this). */
         for (int got = 0; got < K; got++) {
@@ -1067,9 +1107,8 @@ TEST_F(ThreadTest, OutputQueuedWhileAnotherThreadPollsIsWritten) {
                 EXPECT_EQ(msg_str(m.get()).size(), big.size());
         }
 
-        EXPECT_OK(ipcmux_sender_send_bytes(pump.tx.get(), "stop", 4));
-        poller.join();
-        EXPECT_GE(poller_end.load(), 0) << strerror(-poller_end.load());
+        int end = poller.stop();
+        EXPECT_GE(end, 0) << strerror(-end);
 }
 
 /*
@@ -1081,34 +1120,22 @@ TEST_F(ThreadTest, OutputQueuedWhileAnotherThreadPollsIsWritten) {
  */
 TEST_F(ThreadTest, CallTimeoutEndsTheWaitWhileAnotherThreadPolls) {
         Channel near;
-        Sub pump;
         Sender tx;
         Receiver rx;
-        pid_t bus_pid = test_bus_pid(PrivateBus::bus);
-        struct Resume {
-                pid_t pid;
-                ~Resume() { kill(pid, SIGCONT); }
-        } resume{bus_pid};
+        BusPause pause;
+        Poller poller;
 
-        ASSERT_GT(bus_pid, 0);
         ASSERT_NO_FATAL_FAILURE(new_far_channel(&near));
         ASSERT_NO_FATAL_FAILURE(new_far_channel(&far));
         ASSERT_NO_FATAL_FAILURE(bridge(far.get(), near.get(), &tx, &rx));
-        ASSERT_NO_FATAL_FAILURE(new_sub(near.get(), &pump));
+        ASSERT_NO_FATAL_FAILURE(poller.start(near.get()));
 
-        std::atomic<int> poller_end{1};
-        std::thread poller([&]() {
-                Message m;
-                poller_end = recv_bounded(pump.rx.get(), out(m), 30000000);
-        });
-        usleep(100000);         /* let it settle in ppoll() */
-
-        ASSERT_EQ(kill(bus_pid, SIGSTOP), 0);
+        ASSERT_NO_FATAL_FAILURE(pause.stop());
         EXPECT_OK(ipcmux_sender_send_bytes(tx.get(), "x", 1));
         uint64_t t0 = test_now_usec();
         tx.reset();             /* waits for the broker: at most its 10 s */
         uint64_t took = test_now_usec() - t0;
-        ASSERT_EQ(kill(bus_pid, SIGCONT), 0);
+        pause.resume();
         EXPECT_LT(took, 20000000u) << "the unref waited for the other thread's poll to end";
         EXPECT_GE(took, 9000000u) << "the unref did not wait for the broker";
 
@@ -1118,9 +1145,8 @@ TEST_F(ThreadTest, CallTimeoutEndsTheWaitWhileAnotherThreadPolls) {
         Message end;
         EXPECT_EQ(recv_bounded(rx.get(), out(end), 10000000), -EPIPE);
 
-        EXPECT_OK(ipcmux_sender_send_bytes(pump.tx.get(), "stop", 4));
-        poller.join();
-        EXPECT_GE(poller_end.load(), 0) << strerror(-poller_end.load());
+        int r = poller.stop();
+        EXPECT_GE(r, 0) << strerror(-r);
 }
 
 TEST_F(ThreadTest, ConcurrentOneShotServers) {
