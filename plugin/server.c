@@ -32,7 +32,8 @@ struct ipcmux_server {
         ipcmux_receiver *rx;
         char *wkname;
         sd_bus_slot *match_slot;
-        bool installed, install_failed;
+        bool installed;
+        int install_error;              /* < 0: the bus refused the match (or timed out) */
         char *client;
 };
 
@@ -62,7 +63,8 @@ static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *e
         ipcmux_server *srv = userdata;
 
         srv->installed = true;
-        srv->install_failed = sd_bus_message_is_method_error(m, NULL);
+        if (sd_bus_message_is_method_error(m, NULL))
+                srv->install_error = -sd_bus_message_get_errno(m) ?: -EIO;
         return 0;
 }
 
@@ -125,8 +127,8 @@ _public_ int ipcmux_server_new_for_channel(ipcmux_channel *ch, ipcmux_server **r
         /* The name must not be handed out before the bus would tell us of a claim. */
         if (r >= 0)
                 r = conn_wait(c, match_ready, srv, UINT64_MAX);
-        if (r >= 0 && srv->install_failed)
-                r = -EIO;
+        if (r >= 0 && srv->install_error < 0)
+                r = srv->install_error;
         conn_unlock(c);
         if (r < 0) {
                 server_free(srv);
