@@ -12,6 +12,7 @@
 #include "log.h"
 #include "macro.h"
 #include "peer.h"
+#include "receiver.h"
 #include "sentlog.h"
 
 /* A Ping to the broker releases what it follows; one goes out whenever this
@@ -438,7 +439,7 @@ static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return 0;
         if (type == SD_BUS_MESSAGE_METHOD_CALL) {
                 count_call(c, m);
-                return 0;
+                return c->dispatch_peer ? receiver_dispatch_data_call(c, m, error) : 0;
         }
         if (!c->sent.refusals || !sd_bus_message_is_method_error(m, SD_BUS_ERROR_LIMITS_EXCEEDED))
                 return 0;

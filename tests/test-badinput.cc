@@ -136,6 +136,12 @@ TEST_F(BadInput, WrongSignature) {
                 EXPECT_EQ(res.error, INVALID_ARGS);
                 res = call(path.c_str(), "org.ipcmux.Subchannel1", "NoSuchMethod", NULL);
                 EXPECT_FALSE(res.error.empty());
+                /* Data calls are run from the filter (receiver_dispatch_data_call());
+                 * their errors must still reach a caller that asked for a reply. */
+                res = call(path.c_str(), "org.ipcmux.Subchannel1", "SendPacked", "s", "garbage");
+                EXPECT_EQ(res.error, INVALID_ARGS);
+                res = call(path.c_str(), "org.ipcmux.Subchannel1", "SendPacked", "ay", 3, 'a', 'b', 'c');
+                EXPECT_EQ(res.error, INVALID_ARGS) << "3 bytes: not even a sequence number";
         });
 }
 
@@ -263,6 +269,15 @@ TEST_F(BadInput, UnknownPaths) {
                 std::string bad = prefix + "/zz";
                 EXPECT_FALSE(call_send({RawFrame()}, {}, bad.c_str()).error.empty());
                 EXPECT_FALSE(call_send({RawFrame()}, {}, "/org/ipcmux/nothing/here").error.empty());
+                /* The live receiver's id under another channel's prefix, or
+                 * with a component after it, is not the receiver. */
+                std::string id = path.substr(path.rfind('/'));
+                std::string elsewhere = "/org/ipcmux/0123456789abcdef" + id;
+                EXPECT_EQ(call_send({RawFrame()}, {}, elsewhere.c_str()).error, UNKNOWN_OBJECT);
+                EXPECT_EQ(call(elsewhere.c_str(), "org.ipcmux.Subchannel1", "SendPacked", "ay", 0).error,
+                          UNKNOWN_OBJECT);
+                std::string below = path + "/0123456789abcdef";
+                EXPECT_EQ(call_send({RawFrame()}, {}, below.c_str()).error, UNKNOWN_OBJECT);
         });
 }
 
