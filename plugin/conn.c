@@ -357,6 +357,7 @@ static int conn_new(sd_bus *bus, bool is_default, Conn **ret) {
         list_init(&c->ready);
         list_init(&c->handled);
         list_init(&c->handler_ready);
+        list_init(&c->peer_graveyard);
         c->epoll_fd = -1;
         hashmap_init(&c->receivers, &hash_ops_id64);
         hashmap_init(&c->endpoints, &hash_ops_string);

@@ -74,6 +74,7 @@ struct Conn {
         HashMap receivers;              /* id (8 bytes) -> ipcmux_receiver */
         HashMap endpoints;              /* "dest/path" -> Endpoint (remote only) */
         HashMap peers;                  /* unique name -> Peer */
+        List peer_graveyard;            /* Peer.graveyard_link: gone, freed by peers_sweep() */
         HashMap listeners;              /* name -> ipcmux_listener */
 
         List handled;                   /* receivers with a handler */

@@ -8,9 +8,9 @@
  * async GetNameOwner so a peer that is already gone when it first matters is
  * noticed too (subscribe first, then check: no window).  When a peer goes,
  * every endpoint to it closes (senders get -EPIPE) and every receiver drops
- * its holds and in-flight copies (see lifecycle.h).  Gone peers are freed
- * after the current dispatch step (peers_sweep), never inside their own
- * match callback.
+ * its holds and in-flight copies (see lifecycle.h).  Gone peers wait in the
+ * connection's graveyard and are freed after the current dispatch step
+ * (peers_sweep), never inside their own match callback.
  */
 
 #include <stdbool.h>
