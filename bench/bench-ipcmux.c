@@ -88,6 +88,9 @@
  *    Diagnostic for a tail loss seen in some runs (see README.md).
  * -F FD (send): write a report ("key=value ...") to FD at the end; the
  *    parent appends it to its RESULT line.
+ * -P N (pingpong): N idle peers first: raw connections that each make one
+ *    Subchannel1 call to the parent (so it watches them) and stay connected.
+ *    A diagnostic for services with many quiet clients (README.md).
  *
  * Output: "RESULT <name> msgs=.. secs=.. msg_s=.. mib_s=.. p50_us=.. ..."
  * (common.h), the format of shared/bench-baselines, plus extra key=value
@@ -146,6 +149,7 @@ struct opts {
         unsigned pace_us;       /* -i */
         unsigned burst;         /* -b */
         int report_fd;          /* -F */
+        unsigned idle_peers;    /* -P (pingpong) */
 };
 
 /* Our own executable, for spawning the child side.  Resolved once with
@@ -1268,6 +1272,39 @@ static int run_echo(const struct opts *o) {
         return 0;
 }
 
+/*
+ * -P N: N idle peers of this process's connection, as a service with many
+ * quiet clients has: raw connections that each made one Subchannel1 call
+ * to us (to no receiver; it only makes us watch them).  Freed by the caller
+ * with close_idle_peers().
+ */
+static sd_bus **open_idle_peers(const char *server_name, unsigned n) {
+        char *me = strndup(server_name, strcspn(server_name, "/"));
+        sd_bus **peers = calloc(n ? n : 1, sizeof(sd_bus *));
+        struct rlimit rl;
+
+        if (!me || !peers)
+                die("out of memory");
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        for (unsigned i = 0; i < n; i++) {
+                CHECK(sd_bus_open_user(&peers[i]));
+                CHECK(sd_bus_call_method_async(peers[i], NULL, me, "/org/ipcmux/idle/peer", "org.ipcmux.Subchannel1",
+                                               "Release", NULL, NULL, "u", 1u));
+                CHECK(sd_bus_flush(peers[i]));
+        }
+        free(me);
+        return peers;
+}
+
+static void close_idle_peers(sd_bus **peers, unsigned n) {
+        for (unsigned i = 0; i < n; i++)
+                sd_bus_flush_close_unref(peers[i]);
+        free(peers);
+}
+
 static int run_pingpong(const struct opts *o) {
         ipcmux_server *srv = NULL;
         ipcmux_receiver *rx = NULL;
@@ -1283,6 +1320,7 @@ static int run_pingpong(const struct opts *o) {
 
         fill_pattern(buf, o->size, 3);
         CHECK(ipcmux_server_new(&srv, &name));
+        sd_bus **idle = open_idle_peers(name, o->idle_peers);
         {
                 char *argv[] = { (char *) "bench-ipcmux", (char *) "echo", (char *) "-c", name, (char *) "-B",
                                  (char *) (o->via_server ? "server" : "attach"), o->verbose ? (char *) "-v" : NULL,
@@ -1336,6 +1374,7 @@ static int run_pingpong(const struct opts *o) {
         lat_summary(lat, n, &p50, &p99, &mean);
         result_name(o, label, sizeof(label));
         print_result(label, n, t1 - t0, o->size, &p50, &p99, &mean);
+        close_idle_peers(idle, o->idle_peers);
         ipcmux_receiver_unref(rx);
         ipcmux_server_unref(srv);
         free(name);
@@ -1350,7 +1389,7 @@ static void usage(void) {
         fprintf(stderr,
                 "usage: bench-ipcmux oneway|region|pingpong [-s SIZE] [-n COUNT] [-w WARMUP] [-t SECS]\n"
                 "                    [-k bytes|message|sender|newsender] [-K] [-D recv|event|glib] [-T THREADS]\n"
-                "                    [-R POOL] [-u] [-B attach|server] [-l LABEL] [-v] [-S] [-X] [-Q MSGS]\n"
+                "                    [-R POOL] [-u] [-B attach|server] [-l LABEL] [-v] [-S] [-X] [-Q MSGS] [-P PEERS]\n"
                 "       bench-ipcmux local [-n COUNT] [-w WARMUP] [-s SIZE] [-k bytes|sender] [-b BURST]\n"
                 "       bench-ipcmux slow [-n COUNT] [-w WARMUP] [-s SIZE] [-E EVERY] [-q MAX]\n"
                 "       bench-ipcmux rr -M SUBS [-n COUNT] [-w WARMUP] [-s SIZE]\n"
@@ -1370,7 +1409,7 @@ int main(int argc, char **argv) {
                 usage();
         o.mode = argv[1];
         optind = 2;
-        while ((c = getopt(argc, argv, "s:n:w:t:k:B:c:C:l:vSXQ:R:uKD:T:E:q:M:i:b:F:")) != -1) {
+        while ((c = getopt(argc, argv, "s:n:w:t:k:B:c:C:l:vSXQ:R:uKD:T:E:q:M:i:b:F:P:")) != -1) {
                 switch (c) {
                 case 's': o.size = parse_size(optarg); break;
                 case 'n': o.count = strtoull(optarg, NULL, 10); o.count_set = 1; break;
@@ -1401,6 +1440,7 @@ int main(int argc, char **argv) {
                 case 'c': o.connect = optarg; break;
                 case 'C': o.connect_slow = optarg; break;
                 case 'l': o.label = optarg; break;
+                case 'P': o.idle_peers = (unsigned) strtoul(optarg, NULL, 10); break;
                 case 'v': o.verbose = 1; break;
                 case 'S': o.seq = 1; break;
                 case 'X': o.sync_exit = 1; break;
