@@ -69,7 +69,7 @@ void receiver_peer_gone(ipcmux_receiver *rx, const char *name, uint64_t gen);
 void receivers_fail_all(Conn *c);
 /* Handle a lifecycle call addressed to a receiver that no longer exists. */
 void receiver_handle_gone_call(Conn *c, sd_bus_message *m, const char *path);
-/* From the connection's filter: run a Send or SendPacked call to a live
+/* From the connection's filter: run a Subchannel1 method call to a live
  * receiver directly.  Returns 0 if it is not one (sd-bus dispatches it),
  * else what a filter returns (see receiver.c). */
-int receiver_dispatch_data_call(Conn *c, sd_bus_message *m, sd_bus_error *error);
+int receiver_dispatch_call(Conn *c, sd_bus_message *m, sd_bus_error *error);

@@ -439,7 +439,7 @@ static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 return 0;
         if (type == SD_BUS_MESSAGE_METHOD_CALL) {
                 count_call(c, m);
-                return c->dispatch_peer ? receiver_dispatch_data_call(c, m, error) : 0;
+                return c->dispatch_peer ? receiver_dispatch_call(c, m, error) : 0;
         }
         if (!c->sent.refusals || !sd_bus_message_is_method_error(m, SD_BUS_ERROR_LIMITS_EXCEEDED))
                 return 0;
