@@ -437,6 +437,9 @@ static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
 
         if (sd_bus_message_get_type(m, &type) < 0)
                 return 0;
+        /* The connection's one filter: method calls are counted for the
+         * peer's Ack, and a Subchannel1 call from a peer then goes straight
+         * to its receiver; only refusals concern the SentLog itself. */
         if (type == SD_BUS_MESSAGE_METHOD_CALL) {
                 count_call(c, m);
                 return c->dispatch_peer ? receiver_dispatch_call(c, m, error) : 0;

@@ -136,7 +136,7 @@ TEST_F(BadInput, WrongSignature) {
                 EXPECT_EQ(res.error, INVALID_ARGS);
                 res = call(path.c_str(), "org.ipcmux.Subchannel1", "NoSuchMethod", NULL);
                 EXPECT_FALSE(res.error.empty());
-                /* Data calls are run from the filter (receiver_dispatch_data_call());
+                /* Subchannel1 calls are run from the filter (receiver_dispatch_call());
                  * their errors must still reach a caller that asked for a reply. */
                 res = call(path.c_str(), "org.ipcmux.Subchannel1", "SendPacked", "s", "garbage");
                 EXPECT_EQ(res.error, INVALID_ARGS);

@@ -1572,12 +1572,6 @@ TEST_F(TwoConnTest, EmbeddedSenderOverTheBus) {
 }
 
 /*
- * A process that dropped every copy of a sender and later gets a new one
- * starts a new stream (first_seq 0, PROTOCOL.md "Data"): the receiver must
- * take it, not set it aside as out of order (which would lose "3" and "4"
- * silently).
- */
-/*
  * A connection left undispatched for longer than its method call timeout
  * (an application busy elsewhere, a process stopped in a debugger) must not
  * take its peers for dead.  sd-bus looks at timeouts before it reads: the
@@ -1628,6 +1622,12 @@ TEST_F(ChannelTest, UndispatchedPastTheCallTimeoutKeepsPeers) {
         tx.reset();
 }
 
+/*
+ * A process that dropped every copy of a sender and later gets a new one
+ * starts a new stream (first_seq 0, PROTOCOL.md "Data"): the receiver must
+ * take it, not set it aside as out of order (which would lose "3" and "4"
+ * silently).
+ */
 TEST_F(TwoConnTest, StreamStartsAgainWithANewCopy) {
         Sender carrier_tx, got;
         Receiver carrier_rx;
